@@ -1,0 +1,40 @@
+# Everything a fresh machine needs is installed from here; nothing by hand.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+# Debian packages that tests drive for real (added as the features that need them land).
+SYSTEM_PACKAGES ?=
+
+.PHONY: demo test bench lint system-deps clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+# Debian packages some tests drive for real (browsers, Prometheus, Alertmanager, SMTP is pure Python).
+system-deps:
+	bash .ci/system-deps.sh $(SYSTEM_PACKAGES)
+
+demo: $(STAMP)
+	$(VENV)/bin/instrument demo $(DEMO_ARGS)
+
+test: $(STAMP) system-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/flusher.py
+	$(PY) benchmarks/memory.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check instrument tests benchmarks examples
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) instrument-data .pytest_cache

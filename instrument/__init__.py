@@ -1,0 +1,57 @@
+"""instrument: low-overhead request and function metrics with SQLite history, alerts and more.
+
+Add ``instrument.wsgi.InstrumentMiddleware``, ``instrument.asgi.InstrumentMiddleware``,
+``instrument.flask.Instrument`` or ``@instrument.timed``; everything else starts by itself
+from ``INSTRUMENT_*`` environment variables, or from :func:`configure`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ._runtime import runtime as _runtime
+from .config import ConfigError, Settings
+from .decorators import timed, timer
+
+__all__ = [
+    "ConfigError",
+    "Settings",
+    "configure",
+    "flush",
+    "shutdown",
+    "stats",
+    "timed",
+    "timer",
+]
+
+__version__ = "0.1.0"
+
+
+def configure(*, environ: Mapping[str, str] | None = None, **options: Any) -> Settings:
+    """(Re)start the kit with these options; they override the environment.
+
+    Options are the :class:`Settings` fields (``metrics_db``, ``flush_interval``,
+    ``buffer_size``, ``backends=[...]``, ``enabled``, ...). Anything buffered under the
+    previous configuration is flushed first.
+    """
+    return _runtime.configure(environ, **options)
+
+
+def flush(timeout: float | None = 5.0) -> bool:
+    """Wait until everything recorded before this call is in every backend.
+
+    Returns False when ``timeout`` passed first (a backend is failing or slow);
+    :func:`stats` then says which one and why.
+    """
+    return _runtime.flush(timeout)
+
+
+def shutdown(timeout: float | None = None) -> bool:
+    """Flush with a deadline and stop the background thread (also run at exit)."""
+    return _runtime.shutdown(timeout)
+
+
+def stats() -> dict[str, Any]:
+    """The kit's own health: buffered and dropped samples, flushes, backend errors."""
+    return _runtime.stats()

@@ -1,0 +1,228 @@
+"""The background thread that drains the buffer and feeds every backend.
+
+Only this thread calls backends. Each backend has its own queue of pending
+batches, so one that fails (database locked, webhook down) is retried with
+bounded exponential backoff while the others carry on; its last error is kept
+for health. Nothing here ever raises into a request: the request path only
+appends to the Recorder.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from ._aggregate import Aggregator, Batch
+from ._buffer import Recorder
+from ._suppress import suppressed
+
+__all__ = ["BackendState", "Flusher"]
+
+log = logging.getLogger("instrument")
+
+_DRAIN_LIMIT = 50_000
+_BACKOFF_MIN = 0.5
+_BACKOFF_MAX = 30.0
+_MAX_PENDING = 256  # batches kept per failing backend before the oldest is given up
+
+
+class BackendState:
+    """A backend with its pending batches and its recent failures."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.name: str = getattr(backend, "name", type(backend).__name__)
+        self.pending: deque[Batch] = deque()
+        self.failures = 0  # consecutive
+        self.errors_total = 0
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.last_success_at: float | None = None
+        self.retry_at = 0.0
+        self.samples_written = 0
+        self.samples_lost = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "healthy": self.failures == 0,
+            "pending_batches": len(self.pending),
+            "consecutive_failures": self.failures,
+            "errors_total": self.errors_total,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+            "last_success_at": self.last_success_at,
+            "samples_written": self.samples_written,
+            "samples_lost": self.samples_lost,
+        }
+
+
+class Flusher:
+    """Daemon thread: wake on interval or high-water mark, aggregate, write, retry."""
+
+    def __init__(self, recorder: Recorder, backends: Sequence[Any], *, interval: float = 1.0,
+                 max_routes: int = 1000, raw_rows: bool = True) -> None:
+        self.recorder = recorder
+        self.interval = interval
+        self.states = [BackendState(b) for b in backends]
+        self.aggregator = Aggregator(max_routes=max_routes, raw_rows=raw_rows)
+        self._event = threading.Event()
+        self._cond = threading.Condition()
+        self._flush_requested = 0
+        self._flush_done = 0
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.samples_flushed = 0
+        self.flushes = 0
+        self.last_flush_at: float | None = None
+        self.last_flush_seconds = 0.0
+        self.cycle_errors = 0
+
+    # -- lifecycle -------------------------------------------------------
+    def start(self) -> None:
+        self.recorder.wake = self._event.set
+        thread = threading.Thread(target=self._run, name="instrument-flusher", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # interpreter shutting down: nothing to flush into
+            return
+        self._thread = thread
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def flush(self, timeout: float | None = 5.0) -> bool:
+        """Block until everything recorded before the call reached every backend."""
+        if not self.alive:
+            if self._stopping:
+                return not any(s.pending for s in self.states) and not self.recorder.buf
+            self._cycle(force_retry=True)
+            return not any(s.pending for s in self.states)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._flush_requested += 1
+            ticket = self._flush_requested
+            self._event.set()
+            while self._flush_done < ticket:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                if not self.alive:
+                    return False
+                self._cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+        return True
+
+    def shutdown(self, timeout: float = 5.0) -> bool:
+        """Flush with a deadline, stop the thread, close the backends."""
+        ok = self.flush(timeout)
+        self._stopping = True
+        self._event.set()
+        if self._thread is not None:
+            self._thread.join(max(0.1, timeout))
+        left = len(self.recorder.buf) + sum(len(b) for s in self.states for b in s.pending)
+        if left:
+            log.warning("instrument: shutdown left %d samples unflushed", left)
+        for state in self.states:
+            try:
+                state.backend.close()
+            except Exception as exc:  # a backend failing to close must not stop the others
+                log.warning("instrument: backend %s failed to close: %s", state.name, exc)
+        return ok and not left
+
+    # -- the loop --------------------------------------------------------
+    def _run(self) -> None:
+        suppressed.set(True)
+        while not self._stopping:
+            self._event.wait(self._wait_time())
+            self._event.clear()
+            if self._stopping:
+                break
+            try:
+                self._cycle()
+            except Exception:  # never let the thread die; keep the reason for health
+                self.cycle_errors += 1
+                log.exception("instrument: flush cycle failed")
+
+    def _wait_time(self) -> float:
+        wait = self.interval
+        now = time.monotonic()
+        for state in self.states:
+            if state.pending:
+                wait = min(wait, max(0.0, state.retry_at - now))
+        return wait
+
+    def _cycle(self, force_retry: bool = False) -> None:
+        with self._cond:
+            ticket = self._flush_requested
+        if ticket > self._flush_done:
+            force_retry = True
+        started = time.perf_counter()
+        moved = 0
+        while True:
+            samples = self.recorder.drain(_DRAIN_LIMIT)
+            if not samples:
+                break
+            moved += len(samples)
+            batch = self.aggregator.aggregate(samples)
+            for state in self.states:
+                state.pending.append(batch)
+                while len(state.pending) > _MAX_PENDING:
+                    state.samples_lost += len(state.pending.popleft())
+            if len(samples) < _DRAIN_LIMIT:
+                break
+        for state in self.states:
+            self._deliver(state, force_retry)
+        if moved:
+            self.samples_flushed += moved
+            self.flushes += 1
+            self.last_flush_seconds = time.perf_counter() - started
+            self.last_flush_at = time.time()
+        if not any(s.pending for s in self.states):
+            with self._cond:
+                if ticket > self._flush_done:
+                    self._flush_done = ticket
+                self._cond.notify_all()
+
+    def _deliver(self, state: BackendState, force: bool) -> None:
+        if not state.pending:
+            return
+        if not force and time.monotonic() < state.retry_at:
+            return
+        while state.pending:
+            batch = state.pending[0]
+            try:
+                state.backend.write(batch)
+            except Exception as exc:
+                state.failures += 1
+                state.errors_total += 1
+                state.last_error = f"{type(exc).__name__}: {exc}"
+                state.last_error_at = time.time()
+                backoff = min(_BACKOFF_MAX, _BACKOFF_MIN * 2 ** min(state.failures - 1, 10))
+                state.retry_at = time.monotonic() + backoff
+                if state.failures == 1 or state.failures % 20 == 0:
+                    log.warning("instrument: backend %s failed (%d in a row), retrying in %.1fs: %s",
+                                state.name, state.failures, backoff, state.last_error)
+                return
+            state.pending.popleft()
+            state.samples_written += len(batch)
+            state.failures = 0
+            state.last_success_at = time.time()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "alive": self.alive,
+            "buffered": len(self.recorder.buf),
+            "capacity": self.recorder.cap,
+            "dropped": self.recorder.dropped,
+            "samples_flushed": self.samples_flushed,
+            "flushes": self.flushes,
+            "last_flush_at": self.last_flush_at,
+            "last_flush_seconds": self.last_flush_seconds,
+            "cycle_errors": self.cycle_errors,
+            "backends": [s.snapshot() for s in self.states],
+        }

@@ -1,0 +1,149 @@
+"""SQLite storage, the embedded default: one transaction per batch, WAL, safe across processes.
+
+Several gunicorn workers can write the same file: each holds its own
+connection (reopened after fork), writes under ``BEGIN IMMEDIATE`` with a
+``busy_timeout``, and a lock that outlasts the timeout becomes a backend error
+the flusher retries, never a failed request.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from typing import Any
+
+from .._aggregate import Batch, iso_utc
+from ._sqlite_schema import migrate
+
+__all__ = ["SQLiteBackend", "connect"]
+
+_RETENTION_EVERY = 600.0  # seconds between retention sweeps
+_DELETE_CHUNK = 20_000
+
+_INSERT_REQUEST = (
+    "INSERT INTO api_metrics (timestamp, endpoint, method, status_code, response_time_ms,"
+    " request_size_bytes, response_size_bytes, error_count, ttfb_ms, exception,"
+    " client_disconnected, pid) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+_INSERT_CALL = (
+    "INSERT INTO call_metrics (timestamp, kind, name, method, status_code, duration_ms,"
+    " exception, pid) VALUES (?,?,?,?,?,?,?,?)"
+)
+_UPSERT_ROLLUP = (
+    "INSERT INTO metric_rollups VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+    " ON CONFLICT(minute, kind, name, method, status_code) DO UPDATE SET"
+    " count = count + excluded.count, errors = errors + excluded.errors,"
+    " sum_ms = sum_ms + excluded.sum_ms, max_ms = max(max_ms, excluded.max_ms),"
+    " sum_ttfb_ms = sum_ttfb_ms + excluded.sum_ttfb_ms,"
+    " request_bytes = request_bytes + excluded.request_bytes,"
+    " response_bytes = response_bytes + excluded.response_bytes"
+)
+_UPSERT_BUCKET = (
+    "INSERT INTO metric_rollup_buckets VALUES (?,?,?,?,?,?,?)"
+    " ON CONFLICT(minute, kind, name, method, status_code, bucket) DO UPDATE SET"
+    " count = count + excluded.count"
+)
+
+
+def connect(path: str, *, timeout: float = 5.0, readonly: bool = False) -> sqlite3.Connection:
+    """Open (and migrate) a metrics database with the pragmas every writer uses."""
+    if not readonly:
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+    uri = f"file:{os.path.abspath(path)}?mode=ro" if readonly else None
+    conn = sqlite3.connect(uri or path, timeout=timeout, isolation_level=None,
+                           check_same_thread=False, uri=readonly)
+    conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000):d}")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        migrate(conn)
+    return conn
+
+
+class SQLiteBackend:
+    """Writes raw rows, per-minute rollups and histogram buckets for each batch."""
+
+    name = "sqlite"
+
+    def __init__(self, path: str = "./instrument-data/metrics.db", *, retention_days: int = 7,
+                 timeout: float = 5.0) -> None:
+        self.path = path
+        self.retention_days = retention_days
+        self.timeout = timeout
+        self._conn: sqlite3.Connection | None = None
+        self._pid = os.getpid()
+        self._next_sweep = 0.0
+
+    def __repr__(self) -> str:
+        return f"SQLiteBackend(path={self.path!r}, retention_days={self.retention_days})"
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            # A connection inherited through fork must not be used (or closed) by the child.
+            self._pid = os.getpid()
+            self._conn = connect(self.path, timeout=self.timeout)
+        return self._conn
+
+    def reset_after_fork(self) -> None:
+        self._conn = None
+        self._pid = os.getpid()
+
+    def write(self, batch: Batch) -> None:
+        conn = self._connection()
+        rollups = batch.rollups
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if batch.requests:
+                conn.executemany(_INSERT_REQUEST, batch.requests)
+            if batch.calls:
+                conn.executemany(_INSERT_CALL, batch.calls)
+            if rollups:
+                conn.executemany(_UPSERT_ROLLUP, [(*k, *v[:7]) for k, v in rollups.items()])
+                conn.executemany(_UPSERT_BUCKET, [(*k, b, c) for k, v in rollups.items()
+                                                  for b, c in v[7].items()])
+            system = batch.other.get("system")
+            if system:
+                conn.executemany(
+                    "INSERT INTO system_metrics (timestamp, cpu_percent, memory_percent,"
+                    " memory_used_mb, memory_available_mb, disk_usage_percent, disk_free_gb,"
+                    " network_bytes_sent, network_bytes_recv, active_connections)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    [s[1] for s in system])
+            conn.execute("COMMIT")
+        except BaseException:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + _RETENTION_EVERY
+            self.apply_retention()
+
+    def apply_retention(self, now: float | None = None) -> int:
+        """Delete rows older than the retention period, in chunks to keep locks short."""
+        conn = self._connection()
+        cutoff = (time.time() if now is None else now) - self.retention_days * 86400
+        cutoff_iso = iso_utc(cutoff)
+        removed = 0
+        for table in ("api_metrics", "call_metrics", "system_metrics"):
+            while True:
+                cur = conn.execute(
+                    f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table}"  # noqa: S608
+                    " WHERE timestamp < ? LIMIT ?)", (cutoff_iso, _DELETE_CHUNK))
+                removed += cur.rowcount
+                if cur.rowcount < _DELETE_CHUNK:
+                    break
+        minute = int(cutoff // 60) * 60
+        for table in ("metric_rollups", "metric_rollup_buckets"):
+            removed += conn.execute(f"DELETE FROM {table} WHERE minute < ?",  # noqa: S608
+                                    (minute,)).rowcount
+        return removed
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and self._pid == os.getpid():
+            conn.close()

@@ -1,0 +1,159 @@
+"""One typed reader for every setting, over an injected mapping (default ``os.environ``).
+
+Settings are read when the kit starts (first middleware, ``configure()`` or
+``start_monitoring_with_config()``), never at import time. A bad value raises
+:class:`ConfigError` naming the variable, the value and what was expected, so a
+typo fails the deploy instead of silently turning monitoring off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["VARIABLES", "ConfigError", "Settings", "Variable"]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class ConfigError(ValueError):
+    """A setting has a value the kit cannot use."""
+
+
+def _bool(raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError("Not a valid boolean (use true/false, 1/0, yes/no, on/off).")
+
+
+def _positive_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("Not a valid number.") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError("Expected a number greater than 0.")
+    return value
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def cast(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError("Not a valid integer.") from None
+        if value < minimum:
+            raise ValueError(f"Expected an integer >= {minimum}.")
+        return value
+
+    return cast
+
+
+def _path_list(raw: str) -> tuple[str, ...]:
+    items = tuple(p.strip() for p in raw.split(",") if p.strip())
+    for item in items:
+        if not item.startswith("/"):
+            raise ValueError(f"Each path must start with '/', got {item!r}.")
+    return items
+
+
+def _str(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("Expected a non-empty value.")
+    return raw.strip()
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: its field, names, parser, default and meaning."""
+
+    field: str
+    name: str
+    cast: Callable[[str], Any]
+    default: Any
+    doc: str
+    aliases: tuple[str, ...] = ()
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("enabled", "INSTRUMENT_ENABLED", _bool, True,
+             "Kill switch: `false` turns every adapter into a pass-through that records nothing."),
+    Variable("metrics_db", "INSTRUMENT_METRICS_DB", _str, "./instrument-data/metrics.db",
+             "SQLite file for requests, rollups and system metrics (directories are created).",
+             ("METRICS_DB_PATH",)),
+    Variable("flush_interval", "INSTRUMENT_FLUSH_INTERVAL", _positive_float, 1.0,
+             "Seconds between flushes of the sample buffer to the backends."),
+    Variable("buffer_size", "INSTRUMENT_BUFFER_SIZE", _int_at_least(16), 32768,
+             "Samples the ring buffer holds; beyond that new samples are dropped and counted."),
+    Variable("max_routes", "INSTRUMENT_MAX_ROUTES", _int_at_least(1), 1000,
+             "Distinct route names kept per kind; the rest fold into `__overflow__`."),
+    Variable("exclude_paths", "INSTRUMENT_EXCLUDE_PATHS", _path_list, (),
+             "Comma-separated paths not recorded; an entry ending in `*` is a prefix."),
+    Variable("retention_days", "INSTRUMENT_RETENTION_DAYS", _int_at_least(1), 7,
+             "Days of raw rows and rollups kept in the store.", ("METRICS_RETENTION_DAYS",)),
+    Variable("raw_rows", "INSTRUMENT_RAW_ROWS", _bool, True,
+             "Keep one `api_metrics` row per request besides the per-minute rollups."),
+    Variable("shutdown_timeout", "INSTRUMENT_SHUTDOWN_TIMEOUT", _positive_float, 5.0,
+             "Seconds graceful shutdown may spend flushing what is buffered."),
+    Variable("collection_interval", "INSTRUMENT_COLLECTION_INTERVAL", _positive_float, 30.0,
+             "Seconds between system metric readings.", ("METRICS_COLLECTION_INTERVAL",)),
+)
+
+_BY_FIELD = {v.field: v for v in VARIABLES}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the kit reads at start-up; build it with :meth:`from_env`."""
+
+    enabled: bool = True
+    metrics_db: str = "./instrument-data/metrics.db"
+    flush_interval: float = 1.0
+    buffer_size: int = 32768
+    max_routes: int = 1000
+    exclude_paths: tuple[str, ...] = ()
+    retention_days: int = 7
+    raw_rows: bool = True
+    shutdown_timeout: float = 5.0
+    collection_interval: float = 30.0
+    backends: tuple[Any, ...] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every variable from ``environ``; keyword overrides (from code) win.
+
+        The ``INSTRUMENT_*`` name wins over the seed's alias when both are set.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for var in VARIABLES:
+            for name in (var.name, *var.aliases):
+                raw = env.get(name)
+                if raw is None:
+                    continue
+                try:
+                    values[var.field] = var.cast(raw)
+                except ValueError as exc:
+                    raise ConfigError(f"Config {name!r} has value {raw!r}. {exc}") from None
+                break
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key, value in overrides.items():
+            if key not in known:
+                raise ConfigError(f"Unknown option {key!r}; known options: {sorted(known)}.")
+            var = _BY_FIELD.get(key)
+            if var is not None and isinstance(value, str) and var.cast is not _str:
+                try:
+                    value = var.cast(value)
+                except ValueError as exc:
+                    raise ConfigError(f"Option {key!r} has value {value!r}. {exc}") from None
+            values[key] = value
+        if "exclude_paths" in values:
+            values["exclude_paths"] = tuple(values["exclude_paths"])
+        return cls(**values)

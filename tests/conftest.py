@@ -1,0 +1,37 @@
+"""Shared fixtures: every test gets a fresh kit writing into its own temporary files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import instrument
+from instrument._runtime import runtime
+from instrument.testing import MemoryBackend
+
+
+@pytest.fixture(autouse=True)
+def _isolated_kit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Point the default store at a temporary file and stop the kit after each test."""
+    for name in list(os.environ):
+        if name.startswith("INSTRUMENT_") or name in ("METRICS_DB_PATH", "ALERTS_DB_PATH"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("INSTRUMENT_METRICS_DB", str(tmp_path / "metrics.db"))
+    yield
+    runtime.shutdown(5.0)
+
+
+@pytest.fixture
+def memory() -> MemoryBackend:
+    """The kit configured with an in-memory backend and a short flush interval."""
+    backend = MemoryBackend()
+    instrument.configure(backends=[backend], flush_interval=0.05)
+    return backend
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "metrics.db"
