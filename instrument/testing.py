@@ -34,13 +34,13 @@ class MemoryBackend:
         keys = ("timestamp", "endpoint", "method", "status_code", "response_time_ms",
                 "request_size_bytes", "response_size_bytes", "error_count", "ttfb_ms",
                 "exception", "client_disconnected", "pid")
-        return [dict(zip(keys, row)) for b in self.batches for row in b.requests]
+        return [dict(zip(keys, row, strict=True)) for b in self.batches for row in b.requests]
 
     @property
     def calls(self) -> list[dict[str, Any]]:
         keys = ("timestamp", "kind", "name", "method", "status_code", "duration_ms",
                 "exception", "pid")
-        return [dict(zip(keys, row)) for b in self.batches for row in b.calls]
+        return [dict(zip(keys, row, strict=True)) for b in self.batches for row in b.calls]
 
     def get_sample_value(self, kind: str, name: str, field: str = "count") -> float:
         """Sum of one rollup field over every batch, e.g. ('http', '/items/{id}', 'count')."""
