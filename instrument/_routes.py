@@ -51,7 +51,12 @@ class RouteResolver:
                 self._templates[id(obj)] = (obj, template)
         root = scope.get("root_path", "")
         if root != root0 and root.startswith(root0):
-            template = self._mount_prefix(root[len(root0):]) + template
+            prefix = self._mount_prefix(root[len(root0):])
+            if template.endswith("/{path}") and obj is route and _is_mount(route):
+                # The request stopped at the Mount itself: the mounted router matched
+                # nothing (a 404), or the mounted app has no routes (static files).
+                return UNMATCHED if route.routes else prefix + "/{path}"
+            template = prefix + template
         return template
 
     def _mount_prefix(self, concrete: str) -> str:
@@ -68,6 +73,12 @@ class RouteResolver:
         if len(self._prefix_cache) < _CACHE_LIMIT:
             self._prefix_cache[concrete] = found
         return found
+
+
+def _is_mount(route: Any) -> bool:
+    path_format = getattr(route, "path_format", None)
+    return (isinstance(path_format, str) and path_format.endswith("/{path}")
+            and hasattr(route, "routes"))
 
 
 def _template_of(obj: Any) -> str:

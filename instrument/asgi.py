@@ -43,7 +43,9 @@ class _Exchange:
             body = message.get("body")
             if body:
                 self.qb += len(body)
-        elif kind == "http.disconnect":
+        elif kind == "http.disconnect" and not self.t_end:
+            # Servers answer receive() with http.disconnect once the response is complete
+            # (Starlette's streaming responses listen for it): only earlier ones count.
             self.disc = True
         return message
 

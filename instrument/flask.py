@@ -41,8 +41,9 @@ class Instrument:
             self.init_app(app)
 
     def init_app(self, app: flask.Flask) -> None:
-        wrapped = InstrumentMiddleware(app.wsgi_app, **self.options)
-        if wrapped is app.wsgi_app:  # kill switch: leave the app untouched
+        original = app.wsgi_app  # a bound method: each attribute read is a new object
+        wrapped = InstrumentMiddleware(original, **self.options)
+        if wrapped is original:  # kill switch: leave the app untouched
             return
         app.wsgi_app = wrapped  # type: ignore[method-assign]
         app.before_request_funcs.setdefault(None, []).insert(0, _name_route)
