@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 # Debian packages that tests drive for real (added as the features that need them land).
-SYSTEM_PACKAGES ?=
+SYSTEM_PACKAGES ?= prometheus-alertmanager
 
 .PHONY: demo test bench lint system-deps clean
 
@@ -31,6 +31,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/flusher.py
 	$(PY) benchmarks/memory.py
+	$(PY) benchmarks/collector.py
+	$(PY) benchmarks/logging_bench.py
+	$(PY) benchmarks/summary.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check instrument tests benchmarks examples

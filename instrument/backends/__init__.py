@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..types import Backend
+from ._channel import AlertChannel, DeliveryError
 from .sqlite import SQLiteBackend
 
-__all__ = ["Backend", "SQLiteBackend"]
+__all__ = ["AlertChannel", "Backend", "DeliveryError", "SQLiteBackend"]
