@@ -119,11 +119,12 @@ class Flusher:
 
     def shutdown(self, timeout: float = 5.0) -> bool:
         """Flush with a deadline, stop the thread, close the backends."""
+        deadline = time.monotonic() + timeout  # one deadline for the flush and the join
         ok = self.flush(timeout)
         self._stopping = True
         self._event.set()
         if self._thread is not None:
-            self._thread.join(max(0.1, timeout))
+            self._thread.join(max(0.05, deadline - time.monotonic()))
         left = len(self.recorder.buf) + sum(len(b) for s in self.states for b in s.pending)
         if left:
             log.warning("instrument: shutdown left %d samples unflushed", left)

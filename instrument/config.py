@@ -64,6 +64,22 @@ def _path_list(raw: str) -> tuple[str, ...]:
     return items
 
 
+def _storage(raw: str) -> str | None:
+    value = raw.strip()
+    if value.lower() == "sqlite":
+        return None
+    if value.startswith(("postgresql://", "postgres://")):
+        return value
+    raise ValueError("Expected 'sqlite' or a 'postgresql://user:password@host:port/db' URL.")
+
+
+def _url_path(raw: str) -> str:
+    value = raw.strip()
+    if not value.startswith("/") or len(value) < 2:
+        raise ValueError("Expected a path starting with '/', such as '/metrics'.")
+    return value
+
+
 def _str(raw: str) -> str:
     if not raw.strip():
         raise ValueError("Expected a non-empty value.")
@@ -104,6 +120,29 @@ VARIABLES: tuple[Variable, ...] = (
              "Seconds graceful shutdown may spend flushing what is buffered."),
     Variable("collection_interval", "INSTRUMENT_COLLECTION_INTERVAL", _positive_float, 30.0,
              "Seconds between system metric readings.", ("METRICS_COLLECTION_INTERVAL",)),
+    Variable("disk_path", "INSTRUMENT_DISK_PATH", _str, "/",
+             "Filesystem whose usage and free space the system metrics report."),
+    Variable("request_id", "INSTRUMENT_REQUEST_ID", _bool, True,
+             "Accept, create and return `X-Request-ID` and put it on log lines; `false` skips it."),
+    Variable("dashboard_token", "INSTRUMENT_DASHBOARD_TOKEN", _str, None,
+             "Secret that opens `/monitoring` and `/api/v1/monitoring/` (bearer token or the"
+             " login form); without it or `INSTRUMENT_DASHBOARD_PUBLIC` they answer 404."),
+    Variable("dashboard_public", "INSTRUMENT_DASHBOARD_PUBLIC", _bool, False,
+             "`true` serves the dashboard to anyone who can reach the app, without a token."),
+)
+
+VARIABLES += (
+    Variable("storage", "INSTRUMENT_STORAGE", _storage, None,
+             "Where history goes: `sqlite` (the default: the file INSTRUMENT_METRICS_DB) or a"
+             " `postgresql://user:password@host:5432/db` URL shared by a fleet"
+             ' (`pip install "instrument-kit[postgres]"`).'),
+    Variable("instance", "INSTRUMENT_INSTANCE", _str, None,
+             "Host label stored with every row and total (default: the machine's host name)."),
+    Variable("prometheus", "INSTRUMENT_PROMETHEUS", _bool, False,
+             "`true` makes the adapters answer INSTRUMENT_METRICS_PATH with the Prometheus"
+             ' exposition (`pip install "instrument-kit[prometheus]"`).'),
+    Variable("metrics_path", "INSTRUMENT_METRICS_PATH", _url_path, "/metrics",
+             "Path the adapters serve the Prometheus exposition on (never recorded itself)."),
 )
 
 _BY_FIELD = {v.field: v for v in VARIABLES}
@@ -123,6 +162,14 @@ class Settings:
     raw_rows: bool = True
     shutdown_timeout: float = 5.0
     collection_interval: float = 30.0
+    disk_path: str = "/"
+    request_id: bool = True
+    dashboard_token: str | None = field(default=None, repr=False)
+    dashboard_public: bool = False
+    storage: str | None = field(default=None, repr=False)  # the URL may hold a password
+    instance: str | None = None
+    prometheus: bool = False
+    metrics_path: str = "/metrics"
     backends: tuple[Any, ...] | None = field(default=None, repr=False)
 
     @classmethod
@@ -148,9 +195,12 @@ class Settings:
             if key not in known:
                 raise ConfigError(f"Unknown option {key!r}; known options: {sorted(known)}.")
             var = _BY_FIELD.get(key)
-            if var is not None and isinstance(value, str) and var.cast is not _str:
+            # Numbers and booleans from code get the same checks as from the environment,
+            # so configure(flush_interval=0) fails here instead of spinning the flusher.
+            scalar = isinstance(var.default, (int, float)) if var is not None else False
+            if var is not None and var.cast is not _str and (isinstance(value, str) or scalar):
                 try:
-                    value = var.cast(value)
+                    value = var.cast(value if isinstance(value, str) else str(value))
                 except ValueError as exc:
                     raise ConfigError(f"Option {key!r} has value {value!r}. {exc}") from None
             values[key] = value
