@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 # Debian packages that tests drive for real (added as the features that need them land).
-SYSTEM_PACKAGES ?= prometheus-alertmanager
+SYSTEM_PACKAGES ?= prometheus-alertmanager chromium prometheus postgresql
 
 .PHONY: demo test bench lint system-deps clean
 
@@ -33,6 +33,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/collector.py
 	$(PY) benchmarks/logging_bench.py
+	$(PY) benchmarks/dashboard.py
+	$(PY) benchmarks/scrape.py
+	$(PY) benchmarks/postgres.py
 	$(PY) benchmarks/summary.py
 
 lint: $(STAMP)

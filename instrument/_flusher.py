@@ -145,7 +145,7 @@ class Flusher:
                 break
             try:
                 self._cycle()
-            except Exception:  # never let the thread die; keep the reason for health
+            except BaseException:  # never let the thread die (even on SystemExit from a backend)
                 self.cycle_errors += 1
                 log.exception("instrument: flush cycle failed")
 
@@ -198,7 +198,7 @@ class Flusher:
             batch = state.pending[0]
             try:
                 state.backend.write(batch)
-            except Exception as exc:
+            except BaseException as exc:  # a backend raising SystemExit must not kill the thread
                 state.failures += 1
                 state.errors_total += 1
                 state.last_error = f"{type(exc).__name__}: {exc}"

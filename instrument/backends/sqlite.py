@@ -8,17 +8,48 @@ the flusher retries, never a failed request.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from .._aggregate import Batch, iso_utc
+from ._sqlite_logs import delete_logs_before, write_logs
+from ._sqlite_metrics import delete_metrics_before, register, write_app, write_system, write_tiers
 from ._sqlite_schema import migrate
+from ._sqlite_totals import write_totals
 
 __all__ = ["SQLiteBackend", "connect"]
 
 _RETENTION_EVERY = 600.0  # seconds between retention sweeps
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+# os.fork() waits for this lock, so no write transaction is open when a process forks. A
+# child forked mid-transaction keeps the parent's connection alive (the dead flusher
+# thread's frame still references it) together with SQLite's in-process lock bookkeeping
+# for the file, and its own new connection then finds the database locked forever.
+_fork_guard = [threading.RLock()]
+
+
+def _reinit_fork_guard() -> None:
+    _fork_guard[0] = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=lambda: _fork_guard[0].acquire(),
+                        after_in_parent=lambda: _fork_guard[0].release(),
+                        after_in_child=_reinit_fork_guard)
+
+
+def _no_fork_inside(method: _F) -> _F:
+    @functools.wraps(method)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        with _fork_guard[0]:
+            return method(*args, **kwargs)
+    return guarded  # type: ignore[return-value]
 _DELETE_CHUNK = 20_000
 
 _INSERT_REQUEST = (
@@ -58,6 +89,7 @@ def connect(path: str, *, timeout: float = 5.0, readonly: bool = False) -> sqlit
     if not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
+        register(conn)
         migrate(conn)
     return conn
 
@@ -90,6 +122,7 @@ class SQLiteBackend:
         self._conn = None
         self._pid = os.getpid()
 
+    @_no_fork_inside
     def write(self, batch: Batch) -> None:
         conn = self._connection()
         rollups = batch.rollups
@@ -103,14 +136,17 @@ class SQLiteBackend:
                 conn.executemany(_UPSERT_ROLLUP, [(*k, *v[:7]) for k, v in rollups.items()])
                 conn.executemany(_UPSERT_BUCKET, [(*k, b, c) for k, v in rollups.items()
                                                   for b, c in v[7].items()])
+                write_tiers(conn, rollups)
             system = batch.other.get("system")
             if system:
-                conn.executemany(
-                    "INSERT INTO system_metrics (timestamp, cpu_percent, memory_percent,"
-                    " memory_used_mb, memory_available_mb, disk_usage_percent, disk_free_gb,"
-                    " network_bytes_sent, network_bytes_recv, active_connections)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    [s[1] for s in system])
+                write_system(conn, system)
+            app = batch.other.get("app")
+            if app:
+                write_app(conn, app)
+            logs = batch.other.get("log")
+            if logs:
+                write_logs(conn, logs)
+            write_totals(conn, batch, self)
             conn.execute("COMMIT")
         except BaseException:
             try:
@@ -123,6 +159,7 @@ class SQLiteBackend:
             self._next_sweep = now + _RETENTION_EVERY
             self.apply_retention()
 
+    @_no_fork_inside
     def apply_retention(self, now: float | None = None) -> int:
         """Delete rows older than the retention period, in chunks to keep locks short."""
         conn = self._connection()
@@ -137,6 +174,8 @@ class SQLiteBackend:
                 removed += cur.rowcount
                 if cur.rowcount < _DELETE_CHUNK:
                     break
+        removed += delete_logs_before(conn, cutoff_iso, _DELETE_CHUNK)
+        removed += delete_metrics_before(conn, cutoff, _DELETE_CHUNK)
         minute = int(cutoff // 60) * 60
         for table in ("metric_rollups", "metric_rollup_buckets"):
             removed += conn.execute(f"DELETE FROM {table} WHERE minute < ?",  # noqa: S608
