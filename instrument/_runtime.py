@@ -64,6 +64,11 @@ class Runtime:
                 return settings
             if settings.backends is not None:
                 self.backends = list(settings.backends)
+            elif settings.storage is not None:  # a postgresql:// URL (config checked it)
+                from .backends.postgresql import PostgreSQLBackend
+
+                self.backends = [PostgreSQLBackend(settings.storage,
+                                                   retention_days=settings.retention_days)]
             else:
                 from .backends.sqlite import SQLiteBackend
 
@@ -135,6 +140,8 @@ class Runtime:
         with self._lock:
             flusher = self.flusher
             if flusher is None:
+                if self.state == OFF:  # switched off: the next start reads the settings again
+                    self.state = UNSTARTED
                 return True
             if timeout is None:
                 timeout = self.settings.shutdown_timeout if self.settings else 5.0

@@ -27,6 +27,24 @@ def build_parser() -> argparse.ArgumentParser:
                       help="requests to send without --duration")
     demo.add_argument("--concurrency", type=int, default=8, help="client threads")
     demo.add_argument("--db", default=None, help="SQLite file (default: INSTRUMENT_METRICS_DB)")
+    dash = sub.add_parser("dashboard", help="serve the dashboard and REST API over the SQLite"
+                          " files (needs INSTRUMENT_DASHBOARD_TOKEN or --public)")
+    dash.add_argument("--db", default=None, help="metrics file (default: INSTRUMENT_METRICS_DB)")
+    dash.add_argument("--alerts-db", default=None,
+                      help="alerts file (default: INSTRUMENT_ALERTS_DB)")
+    dash.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    dash.add_argument("--port", type=int, default=3000, help="port (0 picks a free one)")
+    dash.add_argument("--public", action="store_true",
+                      help="no token needed (like INSTRUMENT_DASHBOARD_PUBLIC=true)")
+    exp = sub.add_parser("exporter", help="serve the Prometheus exposition of the store's"
+                         " totals (all workers of this machine) on /metrics")
+    exp.add_argument("--port", type=int, default=9464, help="port (default 9464, 0: any free)")
+    exp.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    exp.add_argument("--db", default=None, help="SQLite file (default: INSTRUMENT_METRICS_DB)")
+    exp.add_argument("--storage", default=None,
+                     help="postgresql:// URL (default: INSTRUMENT_STORAGE)")
+    exp.add_argument("--all-hosts", action="store_true",
+                     help="with PostgreSQL: the whole fleet's totals, not this host's")
     return parser
 
 
@@ -37,6 +55,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_demo(duration=args.duration, total=args.requests,
                         concurrency=args.concurrency, db=args.db)
+    if args.command == "dashboard":
+        from .dashboard.server import run
+
+        return run(args.db, alerts_db=args.alerts_db, host=args.host, port=args.port,
+                   public=args.public)
+    if args.command == "exporter":
+        from ._exporter import run_exporter
+
+        return run_exporter(db=args.db, storage=args.storage, host=args.host, port=args.port,
+                            all_hosts=args.all_hosts)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

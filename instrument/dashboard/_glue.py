@@ -1,0 +1,124 @@
+"""WSGI and ASGI front ends for :class:`Dashboard`: translate, call, translate back.
+
+Bodies are read only for POST and capped at 64 KiB (the API takes tiny JSON and
+form bodies). The ASGI side runs the dashboard, whose SQLite reads block, on
+the event loop's default thread pool so the app's other requests keep flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from ..types import ASGIApp, Receive, Scope, Send, StartResponse, WSGIApp, WSGIEnviron
+from ._app import Dashboard
+from ._http import Request, Response, problem
+from ._paths import is_dashboard_path
+
+__all__ = ["MAX_BODY", "ASGIDashboard", "WSGIDashboard", "route_path"]
+
+MAX_BODY = 64 * 1024
+
+
+def route_path(path: str, root_path: str) -> str:
+    """The path below an ASGI ``root_path`` (servers differ on whether ``path`` includes it)."""
+    if root_path and path.startswith(root_path):
+        return path[len(root_path):] or "/"
+    return path
+
+
+class WSGIDashboard:
+    """The dashboard as a WSGI application; other paths go to ``app`` when one is given."""
+
+    def __init__(self, dashboard: Dashboard, app: WSGIApp | None = None) -> None:
+        self.dashboard = dashboard
+        self.app = app
+
+    def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
+        if self.app is not None and not is_dashboard_path(environ.get("PATH_INFO", "")):
+            return self.app(environ, start_response)
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items()
+                   if k.startswith("HTTP_")}
+        if environ.get("CONTENT_TYPE"):
+            headers["content-type"] = environ["CONTENT_TYPE"]
+        body = b""
+        response: Response | None = None
+        if method == "POST":
+            try:
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                length = -1
+            if not 0 <= length <= MAX_BODY:
+                response = problem(413, f"Bodies are limited to {MAX_BODY} bytes.")
+            elif length:
+                body = environ["wsgi.input"].read(length)
+        if response is None:
+            path = environ.get("PATH_INFO", "") or "/"
+            # PEP 3333 hands the path over as latin-1 text; the dashboard wants real UTF-8.
+            path = path.encode("latin-1", "replace").decode("utf-8", "replace")
+            response = self.dashboard(Request(
+                method, path, environ.get("QUERY_STRING", ""), headers, body,
+                environ.get("wsgi.url_scheme", "http"), environ.get("SCRIPT_NAME", "")))
+        start_response(response.status_line, response.header_list())
+        return [] if method == "HEAD" else [response.body]
+
+
+class ASGIDashboard:
+    """The dashboard as an ASGI application (HTTP only); other paths go to ``app`` if given."""
+
+    def __init__(self, dashboard: Dashboard, app: ASGIApp | None = None) -> None:
+        self.dashboard = dashboard
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.app is not None and (scope["type"] != "http" or not is_dashboard_path(
+                route_path(scope["path"], scope.get("root_path", "")))):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    self.dashboard.close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1000})
+            return
+        method = scope.get("method", "GET").upper()
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers") or ()}
+        response: Response | None = None
+        body = b""
+        if method == "POST":
+            chunks: list[bytes] = []
+            size = 0
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > MAX_BODY:
+                    response = problem(413, f"Bodies are limited to {MAX_BODY} bytes.")
+                    break
+                chunks.append(chunk)
+                more = message.get("more_body", False)
+            body = b"".join(chunks)
+        if response is None:
+            root = scope.get("root_path", "")
+            request = Request(method, route_path(scope["path"], root),
+                              scope.get("query_string", b"").decode("latin-1"), headers, body,
+                              scope.get("scheme", "http"), root)
+            loop = asyncio.get_running_loop()
+            response = await loop.run_in_executor(None, self.dashboard, request)
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                                for k, v in response.header_list()]})
+        await send({"type": "http.response.body",
+                    "body": b"" if method == "HEAD" else response.body})

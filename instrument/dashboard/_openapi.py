@@ -1,0 +1,106 @@
+"""The OpenAPI 3.1 description served at ``/api/v1/monitoring/openapi.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._series import METRICS
+
+__all__ = ["OPENAPI"]
+
+
+def _q(name: str, description: str, schema: dict[str, Any],
+       required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "description": description,
+            "schema": schema}
+
+
+_NUM = {"type": "number"}
+_INT = {"type": "integer"}
+_STR = {"type": "string"}
+_TIME = {"oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]}
+_KIND = _q("kind", "Sample kind: http requests, decorated calls or outgoing client calls.",
+           {"type": "string", "enum": ["http", "call", "client"], "default": "http"})
+_HOURS = _q("hours", "Window: the last N hours (0 < N <= 9600).", {**_NUM, "default": 24})
+_FROM = _q("from", "Window start: epoch seconds or ISO 8601 (UTC if no zone).", _TIME)
+_TO = _q("to", "Window end (default now).", _TIME)
+_STEP = _q("step", "Seconds per point, a multiple of 60 (default: up to 200 points, 10-minute"
+           " multiples beyond 2 hours, whole hours beyond 12). Multiples of 600 and 3600 read"
+           " the coarse tiers and are fastest. At most 1500 points.", _INT)
+_ERR = {"description": "Bad parameter: JSON {error, message, status}.",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _get(summary: str, params: list[dict[str, Any]], ok: str,
+         extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": {"description": ok,
+                                         "content": {"application/json": {}}},
+                                 "400": _ERR, "401": {"description": "Not signed in."}}
+    responses.update(extra or {})
+    return {"get": {"summary": summary, "parameters": params, "responses": responses}}
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "instrument monitoring API", "version": "1",
+             "description": "Read the metrics, alerts and logs an instrumented app stored. "
+                            "Authenticate with 'Authorization: Bearer <INSTRUMENT_DASHBOARD_TOKEN>'"
+                            " or the dashboard's session cookie."},
+    "servers": [{"url": "/api/v1/monitoring"}],
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                            "cookie": {"type": "apiKey", "in": "cookie",
+                                       "name": "instrument_session"}},
+        "schemas": {"Error": {"type": "object", "required": ["error", "message", "status"],
+                              "properties": {"error": _STR, "message": _STR, "status": _INT}}},
+    },
+    "security": [{"bearer": []}, {"cookie": []}],
+    "paths": {
+        "/health": _get("The kit's health: ok, degraded or failing, with reasons (without"
+                        " credentials: only the status, for load balancers).", [],
+                        "ok or degraded", {"503": {"description": "failing"}}),
+        "/metrics/summary": _get(
+            "Totals, rates, error rate, p50/p95/p99 latency, status mix, slowest and most"
+            " failing routes, system averages and maxima for the last N hours.",
+            [_HOURS, _KIND, _q("top", "Routes in each top list (1-100).", {**_INT, "default": 5})],
+            "summary"),
+        "/metrics/timeseries": _get(
+            "Request metrics per time slot, as columns: timestamps[] and series{metric: []}.",
+            [_q("metric", "Comma-separated: " + ", ".join(f"{k} ({v})" for k, v in METRICS.items()),
+                {**_STR, "default": "requests"}),
+             _q("route", "Only this route template.", _STR),
+             _q("method", "Only this HTTP method.", _STR), _KIND, _FROM, _TO, _STEP],
+            "series"),
+        "/metrics/system": _get(
+            "CPU, memory, disk, connection averages and network byte rates per slot, the latest"
+            " reading, and averages and maxima over the window.", [_FROM, _TO, _STEP], "series"),
+        "/routes": _get(
+            "Per-route table: requests, rates, errors, latency percentiles, bytes.",
+            [_HOURS, _FROM, _TO, _KIND,
+             _q("sort", "Order by (descending).", {"type": "string", "enum": [
+                 "requests", "errors", "error_rate", "p95", "p99", "avg", "max"]}),
+             _q("limit", "Rows (1-1000).", {**_INT, "default": 100})], "routes"),
+        "/alerts": _get("Firing alerts, recent alerts and recent alert events.",
+                        [_q("limit", "History rows (1-1000).", {**_INT, "default": 50})],
+                        "alerts"),
+        "/alerts/{id}/acknowledge": {"post": {
+            "summary": "Acknowledge a firing alert. Browser sessions must send X-CSRF-Token"
+                       " equal to the instrument_csrf cookie.",
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": _STR}],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"by": _STR}}}}},
+            "responses": {"200": {"description": "acknowledged (or already was)"},
+                          "400": _ERR, "403": {"description": "CSRF check failed"},
+                          "404": {"description": "no such alert"},
+                          "409": {"description": "the alert is resolved"}}}},
+        "/logs": _get(
+            "Search stored log lines, newest first.",
+            [_q("q", "Full-text query (FTS5: words, \"phrase\", prefix*, AND/OR/NOT).", _STR),
+             _q("level", "Minimum level (DEBUG, INFO, WARNING, ERROR, CRITICAL).", _STR),
+             _q("logger", "Logger name (children included).", _STR),
+             _q("request_id", "Only lines of this request.", _STR), _FROM, _TO,
+             _q("limit", "Rows (1-1000).", {**_INT, "default": 100}),
+             _q("before_id", "Page: lines older than this id.", _INT)], "log lines"),
+        "/openapi.json": _get("This document.", [], "OpenAPI 3.1"),
+    },
+}

@@ -1,0 +1,173 @@
+"""A populated metrics file, real alerts and a running dashboard server, for the dashboard tests.
+
+Samples go through the kit's own pipeline (the Aggregator and the SQLite
+backend's ``write``), placed at chosen wall-clock times; expected numbers are
+then computed from the raw ``api_metrics`` and ``system_metrics`` rows read
+back, never from the generator's inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from instrument._aggregate import Aggregator
+from instrument.backends.sqlite import SQLiteBackend
+from instrument.dashboard import Dashboard
+from instrument.dashboard.server import DashboardServer, make_dashboard_server
+
+__all__ = [
+    "TOKEN",
+    "XSS_ROUTE",
+    "Populated",
+    "exact_percentile",
+    "fire_alert",
+    "populate",
+    "raw_requests",
+    "running_server",
+]
+
+TOKEN = "test-token-0123456789abcdef"
+XSS_ROUTE = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">'
+ROUTES = (  # (route, method, median ms, share of 5xx, share of 404)
+    ("/items/{id}", "GET", 8.0, 0.0, 0.05),
+    ("/search", "GET", 120.0, 0.02, 0.0),
+    ("/boom", "POST", 30.0, 0.5, 0.0),
+    (XSS_ROUTE, "GET", 5.0, 0.0, 0.0),
+)
+
+
+@dataclass
+class Populated:
+    """Where the data went and the time it was generated around."""
+
+    db: Path
+    now: float
+    recent_minutes: int
+    old_minutes_ago: int
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).replace(tzinfo=timezone.utc).timestamp()
+
+
+def populate(db: Path, *, recent_minutes: int = 180, seed: int = 7) -> Populated:
+    """Three hours of traffic (minutes 2..recent ago), a burst 3 days ago, system readings, logs."""
+    rnd = random.Random(seed)
+    now = time.time()
+    base = int(now // 60) * 60
+    offset = time.time() - time.perf_counter()  # the Aggregator maps perf_counter the same way
+    samples: list[tuple[Any, ...]] = []
+
+    def request(wall: float, route: str, method: str, ms: float, status: int) -> None:
+        t0 = wall - offset
+        samples.append(("http", t0, t0 + ms / 1000.0, t0 + ms / 2000.0, route, method, status,
+                        100, 1000 + status, None, False))
+
+    for m in range(2, recent_minutes):
+        minute = base - m * 60
+        for route, method, median, err, missing in ROUTES:
+            for _ in range(rnd.randint(1, 4) if route != XSS_ROUTE else int(m % 20 == 0)):
+                wall = minute + rnd.uniform(15, 45)  # far from minute edges
+                ms = median * math.exp(rnd.gauss(0, 0.6))
+                r = rnd.random()
+                status = 500 if r < err else 404 if r < err + missing else 200
+                request(wall, route, method, ms, status)
+        if m % 10 == 0:
+            t0 = minute + 30 - offset
+            samples.append(("call", t0, t0 + 0.002, "jobs.fetch", None))
+    old = 3 * 1440
+    for i in range(30):
+        request(base - (old - i % 10) * 60 + 30, "/old", "GET", 50.0 + i, 200)
+    sent = recv = 10_000_000
+    for i in range(2 * (recent_minutes + 10)):
+        wall = base - 30 * i - 10
+        samples.append(("system", wall, {
+            "cpu_percent": 10.0 + (i % 40), "memory_percent": 50.0 + (i % 7),
+            "memory_used_mb": 1000.0, "memory_available_mb": 3000.0,
+            "disk_usage_percent": 70.0, "disk_free_gb": 10.0,
+            "network_bytes_sent": sent - 3000 * i, "network_bytes_recv": recv - 6000 * i,
+            "active_connections": 5 + i % 3, "pid": 4242}))
+    for i, (level, message, rid) in enumerate((
+            (20, "user 42 signed in", "req-aaa"), (30, "slow query on search", "req-bbb"),
+            (40, "payment failed for order 7", "req-bbb"), (20, "cache warmed", None))):
+        name = {20: "INFO", 30: "WARNING", 40: "ERROR"}[level]
+        samples.append(("log", base - 600 + i, level, name,
+                        "app.web", message, None, None, rid, "/search", "GET"))
+    backend = SQLiteBackend(str(db))
+    try:
+        backend.write(Aggregator().aggregate(samples))
+    finally:
+        backend.close()
+    return Populated(db, now, recent_minutes, old)
+
+
+def raw_requests(db: Path, lo: float, hi: float, *,
+                 route: str | None = None) -> list[dict[str, Any]]:
+    """Raw ``api_metrics`` rows with ``lo <= time < hi`` (epoch seconds)."""
+    conn = sqlite3.connect(str(db))
+    try:
+        rows = conn.execute("SELECT timestamp, endpoint, method, status_code, response_time_ms,"
+                            " error_count FROM api_metrics").fetchall()
+    finally:
+        conn.close()
+    out = []
+    for ts, endpoint, method, status, ms, err in rows:
+        t = _epoch(ts)
+        if lo <= t < hi and (route is None or endpoint == route):
+            out.append({"t": t, "route": endpoint, "method": method, "status": status,
+                        "ms": ms, "error": err})
+    return out
+
+
+def exact_percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile of raw values."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(len(ordered) * q / 100.0))
+    return ordered[rank - 1]
+
+
+def fire_alert(alerts_db: Path, name: str = "checkout_errors", description: str = "Too many 5xx",
+               labels: dict[str, str] | None = None) -> str:
+    """Make a real AlertManager fire one threshold alert in ``alerts_db``; returns its id."""
+    from instrument.alerting import AlertManager, AlertRule, AlertSeverity, Threshold
+
+    manager = AlertManager(db_path=str(alerts_db), default_rules=False, environ={})
+    try:
+        manager.add_rule(AlertRule(name, description, AlertSeverity.HIGH,
+                                   Threshold("api.error_rate_percent", ">", 5.0),
+                                   labels=labels or {}))
+        manager.evaluate({"api": {"error_rate_percent": 50.0}})
+        manager.evaluate({"api": {"error_rate_percent": 50.0}})
+        alert = manager.active_alerts[name]
+        return alert.id
+    finally:
+        manager.close()
+
+
+@contextlib.contextmanager
+def running_server(db: Path, *, alerts_db: Path | None = None, token: str | None = TOKEN,
+                   public: bool = False) -> Iterator[tuple[DashboardServer, Dashboard]]:
+    """The standalone dashboard server on a free loopback port, in a thread."""
+    dashboard = Dashboard(str(db), alerts_db=str(alerts_db) if alerts_db else None, token=token,
+                          public=public)
+    server = make_dashboard_server(dashboard, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              name="dashboard-test-server", daemon=True)
+    thread.start()
+    try:
+        yield server, dashboard
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5.0)
+        dashboard.close()
