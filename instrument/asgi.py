@@ -13,6 +13,7 @@ from time import perf_counter
 from typing import Any
 
 from ._buffer import KIND_HTTP
+from ._context import asgi_enter, leave
 from ._excludes import Excludes
 from ._routes import RouteResolver
 from ._runtime import OFF, runtime
@@ -24,11 +25,12 @@ __all__ = ["InstrumentMiddleware"]
 class _Exchange:
     """Counters for one request, with the wrapped receive and send as methods."""
 
-    __slots__ = ("_receive", "_send", "disc", "qb", "rb", "status", "t_end", "tf")
+    __slots__ = ("_receive", "_send", "disc", "qb", "rb", "rid", "status", "t_end", "tf")
 
     def __init__(self, receive: Receive, send: Send) -> None:
         self._receive = receive
         self._send = send
+        self.rid: bytes | None = None
         self.qb = 0
         self.rb = 0
         self.status = 500
@@ -61,6 +63,8 @@ class _Exchange:
             return
         if kind == "http.response.start":
             self.status = message["status"]
+            if self.rid is not None:  # a new list: the app may reuse its headers
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", self.rid)]
             await self._send(message)
             self.tf = perf_counter()
             return
@@ -85,19 +89,37 @@ class InstrumentMiddleware:
         settings = runtime.ensure_started()
         self.app = app
         self._rec = runtime.recorder
-        self._exclude = Excludes(settings.exclude_paths if exclude_paths is None else exclude_paths)
+        paths = list(settings.exclude_paths if exclude_paths is None else exclude_paths)
+        self._bypass = app  # excluded paths go here, unrecorded
+        if settings.prometheus:  # the scrape path is answered in front of the app
+            from ._exporter import MetricsASGI
+
+            self._bypass = MetricsASGI(app, settings.metrics_path)
+            paths.append(settings.metrics_path)
+        from .dashboard import PATHS, mounted
+
+        front = mounted(settings, self._bypass, asgi=True)  # None until a token/public is set
+        if front is not None:  # /monitoring, /api/v1/monitoring/...: answered, not recorded
+            self._bypass = front
+            paths.extend(PATHS)
+        excludes = Excludes(paths)
+        self._exclude = excludes if excludes else None  # None: no __bool__ call per request
         self._resolve = RouteResolver(app)
+        self._rid = settings.request_id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         exclude = self._exclude
-        if exclude and scope["path"] in exclude:
-            await self.app(scope, receive, send)
+        if exclude is not None and scope["path"] in exclude:
+            await self._bypass(scope, receive, send)
             return
         root0 = scope.get("root_path", "")
         ex = _Exchange(receive, send)
+        tok = None
+        if self._rid:
+            ex.rid, tok = asgi_enter(scope)
         t0 = perf_counter()
         try:
             await self.app(scope, ex.receive, ex.send)
@@ -105,7 +127,11 @@ class InstrumentMiddleware:
             t1 = ex.t_end or perf_counter()
             self._rec.add((KIND_HTTP, t0, t1, ex.tf, self._resolve(scope, root0), scope["method"],
                            500, ex.qb, ex.rb, type(e), ex.disc))
+            if tok is not None:
+                leave(tok)
             raise
         t1 = ex.t_end or perf_counter()
         self._rec.add((KIND_HTTP, t0, t1, ex.tf, self._resolve(scope, root0), scope["method"],
                        ex.status, ex.qb, ex.rb, None, ex.disc))
+        if tok is not None:
+            leave(tok)

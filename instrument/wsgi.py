@@ -13,6 +13,7 @@ from time import perf_counter
 from typing import Any
 
 from ._buffer import KIND_HTTP, Recorder
+from ._context import REQUEST_ID_HEADER, leave, wsgi_enter
 from ._excludes import Excludes
 from ._runtime import OFF, runtime
 from .types import StartResponse, WSGIApp, WSGIEnviron
@@ -70,8 +71,8 @@ class _Input:
 class _Exchange:
     """One request: start_response wrapper, response iterable and the counters in one object."""
 
-    __slots__ = ("_it", "_rec", "_result", "_sr", "done", "env", "exc", "inp", "rb", "status",
-                 "t0", "tf")
+    __slots__ = ("_it", "_rec", "_result", "_sr", "_w", "done", "env", "exc", "inp", "rb", "rid",
+                 "status", "t0", "tf", "tok")
 
     def __init__(self, rec: Recorder, env: WSGIEnviron, start_response: StartResponse,
                  t0: float, inp: _Input | None) -> None:
@@ -87,42 +88,48 @@ class _Exchange:
         self.done = False
         self._it: Iterator[bytes] | None = None
         self._result: Iterable[bytes] | None = None
+        self.rid: str | None = None
+        self.tok: Any = None
 
     # start_response ----------------------------------------------------
     def __call__(self, status: str, headers: Any, exc_info: Any = None) -> Any:
         self.status = status
-        write = self._sr(status, headers, exc_info) if exc_info else self._sr(status, headers)
+        if self.rid is not None:  # a copy: the app may reuse its headers list
+            headers = [*headers, (REQUEST_ID_HEADER, self.rid)]
+        self._w = self._sr(status, headers, exc_info) if exc_info else self._sr(status, headers)
+        return self._counting_write  # a bound method: a closure here costs ~1.5k instructions
 
-        def counting_write(data: bytes) -> Any:
-            self.rb += len(data)
-            if not self.tf:
-                self.tf = perf_counter()
-            return write(data)
-
-        return counting_write
+    def _counting_write(self, data: bytes) -> Any:
+        self.rb += len(data)
+        if not self.tf:
+            self.tf = perf_counter()
+        return self._w(data)
 
     # response iterable -------------------------------------------------
-    def __iter__(self) -> _Exchange:
-        return self
-
-    def __next__(self) -> bytes:
-        it = self._it
-        if it is None:
-            assert self._result is not None
-            it = self._it = iter(self._result)
+    def __iter__(self) -> Iterator[bytes]:
+        # A generator, not __next__: resuming one is cheaper than a method call per
+        # chunk and it ends without raising StopIteration through Python code.
+        assert self._result is not None
         try:
-            chunk = next(it)
-        except StopIteration:
-            self.done = True
+            for chunk in self._result:
+                self.rb += len(chunk)
+                if not self.tf:
+                    self.tf = perf_counter()
+                yield chunk
+        except GeneratorExit:  # abandoned mid-body: close() records it as a disconnect
             raise
         except BaseException as e:
             self.exc = type(e)
             self.done = True
             raise
-        self.rb += len(chunk)
-        if not self.tf:
-            self.tf = perf_counter()
-        return chunk
+        self.done = True
+
+    def __next__(self) -> bytes:
+        """For callers that use the response as an iterator without ``iter()``."""
+        it = self._it
+        if it is None:
+            it = self._it = self.__iter__()
+        return next(it)
 
     def close(self) -> None:
         try:
@@ -131,18 +138,18 @@ class _Exchange:
                 close()
         except BaseException as e:
             self.exc = type(e)
-            self._record()
             raise
-        self._record()
-
-    def _record(self) -> None:
-        t1 = perf_counter()
-        env = self.env
-        exc = self.exc or env.get(EXC_KEY)
-        inp = self.inp
-        self._rec.add((KIND_HTTP, self.t0, t1, self.tf, env.get(ROUTE_KEY, env.get("PATH_INFO")),
-                       env.get("REQUEST_METHOD"), "500" if self.exc else self.status,
-                       inp.n if inp is not None else 0, self.rb, exc, not self.done))
+        finally:  # the request ends here; recorded inline, a method call costs ~0.1 µs
+            t1 = perf_counter()
+            if self.tok is not None:
+                leave(self.tok)
+            env = self.env
+            exc = self.exc or env.get(EXC_KEY)
+            inp = self.inp
+            self._rec.add((KIND_HTTP, self.t0, t1, self.tf,
+                           env.get(ROUTE_KEY, env.get("PATH_INFO")), env.get("REQUEST_METHOD"),
+                           "500" if self.exc else self.status, inp.n if inp is not None else 0,
+                           self.rb, exc, not self.done))
 
 
 class InstrumentMiddleware:
@@ -162,23 +169,40 @@ class InstrumentMiddleware:
         settings = runtime.ensure_started()
         self.app = app
         self._rec = runtime.recorder
-        self._exclude = Excludes(settings.exclude_paths if exclude_paths is None else exclude_paths)
+        paths = list(settings.exclude_paths if exclude_paths is None else exclude_paths)
+        self._bypass = app  # excluded paths go here, unrecorded
+        if settings.prometheus:  # the scrape path is answered in front of the app
+            from ._exporter import MetricsWSGI
+
+            self._bypass = MetricsWSGI(app, settings.metrics_path)
+            paths.append(settings.metrics_path)
+        from .dashboard import PATHS, mounted
+
+        front = mounted(settings, self._bypass)  # None until a token or public access is set
+        if front is not None:  # /monitoring, /api/v1/monitoring/...: answered, not recorded
+            self._bypass = front
+            paths.extend(PATHS)
+        excludes = Excludes(paths)
+        self._exclude = excludes if excludes else None  # None: no __bool__ call per request
+        self._rid = settings.request_id
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         exclude = self._exclude
-        if exclude and environ.get("PATH_INFO", "") in exclude:
-            return self.app(environ, start_response)
+        if exclude is not None and environ.get("PATH_INFO", "") in exclude:
+            return self._bypass(environ, start_response)
         t0 = perf_counter()
         inp = None
         if environ.get("CONTENT_LENGTH") or environ.get("HTTP_TRANSFER_ENCODING"):
             inp = _Input(environ["wsgi.input"])
             environ["wsgi.input"] = inp
         ex = _Exchange(self._rec, environ, start_response, t0, inp)
+        if self._rid:
+            ex.rid, ex.tok = wsgi_enter(environ)
         try:
             ex._result = self.app(environ, ex)
         except BaseException as e:
             ex.exc = type(e)
             ex.done = True
-            ex._record()
+            ex.close()  # no result to close yet: just records the failed request
             raise
         return ex
