@@ -67,6 +67,7 @@ class Flusher:
     def __init__(self, recorder: Recorder, backends: Sequence[Any], *, interval: float = 1.0,
                  max_routes: int = 1000, raw_rows: bool = True) -> None:
         self.recorder = recorder
+        self.drops_at_start = recorder.dropped
         self.interval = interval
         self.states = [BackendState(b) for b in backends]
         self.aggregator = Aggregator(max_routes=max_routes, raw_rows=raw_rows)

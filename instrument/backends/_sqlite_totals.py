@@ -100,7 +100,7 @@ class TotalsState:
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.dropped = _fork_drops[0]
+        self.dropped = -1  # baseline taken from the flusher on the first batch
         self.errors = 0
         self.batch: Batch | None = None
         self.deltas: tuple[int, int] = (0, 0)
@@ -115,6 +115,11 @@ class TotalsState:
         dropped = runtime.recorder.dropped
         errors = 0
         flusher = runtime.flusher
+        if self.dropped < 0:
+            # Drops from before this flusher started (an earlier configure(), or the parent
+            # before a fork) belong to whatever store was configured then.
+            start = getattr(flusher, "drops_at_start", None)
+            self.dropped = max(_fork_drops[0], start if start is not None else dropped)
         if flusher is not None:
             for state in flusher.states:
                 dropped += state.samples_lost

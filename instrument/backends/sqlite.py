@@ -22,7 +22,7 @@ from ._sqlite_metrics import delete_metrics_before, register, write_app, write_s
 from ._sqlite_schema import migrate
 from ._sqlite_totals import write_totals
 
-__all__ = ["SQLiteBackend", "connect"]
+__all__ = ["SQLiteBackend", "connect", "file_id"]
 
 _RETENTION_EVERY = 600.0  # seconds between retention sweeps
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -32,10 +32,18 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 # thread's frame still references it) together with SQLite's in-process lock bookkeeping
 # for the file, and its own new connection then finds the database locked forever.
 _fork_guard = [threading.RLock()]
+_guard_pid = [os.getpid()]
+# Connections a child inherited: kept referenced forever, because closing them in the child
+# would run SQLite's close path (WAL checkpoint, lock release) on the parent's behalf.
+_inherited: list[sqlite3.Connection] = []
 
 
 def _reinit_fork_guard() -> None:
-    _fork_guard[0] = threading.RLock()
+    # Called by this module's at-fork hook and by SQLiteBackend.reset_after_fork, in either
+    # order (the runtime's hook may start the child's flusher first): replace once per pid.
+    if _guard_pid[0] != os.getpid():
+        _guard_pid[0] = os.getpid()
+        _fork_guard[0] = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -94,6 +102,15 @@ def connect(path: str, *, timeout: float = 5.0, readonly: bool = False) -> sqlit
     return conn
 
 
+def file_id(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``, or None when there is none (one stat call)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class SQLiteBackend:
     """Writes raw rows, per-minute rollups and histogram buckets for each batch."""
 
@@ -105,6 +122,7 @@ class SQLiteBackend:
         self.retention_days = retention_days
         self.timeout = timeout
         self._conn: sqlite3.Connection | None = None
+        self._file: tuple[int, int] | None = None  # (device, inode) of the open file
         self._pid = os.getpid()
         self._next_sweep = 0.0
 
@@ -114,11 +132,33 @@ class SQLiteBackend:
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():
             # A connection inherited through fork must not be used (or closed) by the child.
+            if self._conn is not None:
+                _reinit_fork_guard()
+                _inherited.append(self._conn)
             self._pid = os.getpid()
             self._conn = connect(self.path, timeout=self.timeout)
+            self._file = file_id(self.path)
+        elif self._file is not None and file_id(self.path) != self._file:
+            # Deleted or replaced under us: SQLite would go on writing into the unlinked
+            # inode and every row would vanish. Start a new file and fail this attempt, so
+            # the flusher keeps the batch for the new file and health shows what happened.
+            # (Closing the old connection is safe: SQLite sees the file moved and neither
+            # checkpoints nor deletes the "-wal" name, which may be the new file's.)
+            old, self._conn = self._conn, None
+            try:
+                old.close()
+            except sqlite3.Error:
+                pass
+            self._conn = connect(self.path, timeout=self.timeout)
+            self._file = file_id(self.path)
+            raise sqlite3.OperationalError(
+                f"the database file {self.path} was deleted or replaced; a new one was created")
         return self._conn
 
     def reset_after_fork(self) -> None:
+        _reinit_fork_guard()
+        if self._conn is not None:
+            _inherited.append(self._conn)
         self._conn = None
         self._pid = os.getpid()
 
