@@ -207,7 +207,7 @@ class Flusher:
                 backoff = min(_BACKOFF_MAX, _BACKOFF_MIN * 2 ** min(state.failures - 1, 10))
                 state.retry_at = time.monotonic() + backoff
                 if state.failures == 1 or state.failures % 20 == 0:
-                    log.warning("instrument: backend %s failed (%d in a row), retrying in %.1fs: %s",
+                    log.warning("instrument: backend %s failed (%d in a row), retry in %.1fs: %s",
                                 state.name, state.failures, backoff, state.last_error)
                 return
             state.pending.popleft()

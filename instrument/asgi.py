@@ -1,4 +1,4 @@
-"""Pure ASGI middleware (never ``BaseHTTPMiddleware``): ``app.add_middleware(InstrumentMiddleware)``.
+"""Pure ASGI middleware, never ``BaseHTTPMiddleware``: ``app.add_middleware(InstrumentMiddleware)``.
 
 The request ends when the last body chunk has been sent, so Starlette
 background tasks, which run after that, do not count towards its duration.

@@ -194,13 +194,14 @@ class Settings:
         for key, value in overrides.items():
             if key not in known:
                 raise ConfigError(f"Unknown option {key!r}; known options: {sorted(known)}.")
-            var = _BY_FIELD.get(key)
+            option = _BY_FIELD.get(key)
             # Numbers and booleans from code get the same checks as from the environment,
             # so configure(flush_interval=0) fails here instead of spinning the flusher.
-            scalar = isinstance(var.default, (int, float)) if var is not None else False
-            if var is not None and var.cast is not _str and (isinstance(value, str) or scalar):
+            scalar = isinstance(option.default, (int, float)) if option is not None else False
+            textual = isinstance(value, str) or scalar
+            if option is not None and option.cast is not _str and textual:
                 try:
-                    value = var.cast(value if isinstance(value, str) else str(value))
+                    value = option.cast(value if isinstance(value, str) else str(value))
                 except ValueError as exc:
                     raise ConfigError(f"Option {key!r} has value {value!r}. {exc}") from None
             values[key] = value

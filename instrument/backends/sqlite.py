@@ -209,7 +209,7 @@ class SQLiteBackend:
         for table in ("api_metrics", "call_metrics", "system_metrics"):
             while True:
                 cur = conn.execute(
-                    f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table}"  # noqa: S608
+                    f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table}"
                     " WHERE timestamp < ? LIMIT ?)", (cutoff_iso, _DELETE_CHUNK))
                 removed += cur.rowcount
                 if cur.rowcount < _DELETE_CHUNK:
@@ -218,7 +218,7 @@ class SQLiteBackend:
         removed += delete_metrics_before(conn, cutoff, _DELETE_CHUNK)
         minute = int(cutoff // 60) * 60
         for table in ("metric_rollups", "metric_rollup_buckets"):
-            removed += conn.execute(f"DELETE FROM {table} WHERE minute < ?",  # noqa: S608
+            removed += conn.execute(f"DELETE FROM {table} WHERE minute < ?",
                                     (minute,)).rowcount
         return removed
 
