@@ -1,10 +1,11 @@
 """A framework-free ASGI app wrapped by ``instrument.asgi.InstrumentMiddleware``.
 
-Run: ``uvicorn examples.asgi_app:app`` or ``python examples/asgi_app.py``.
+Run: ``uvicorn examples.asgi_app:app`` or ``python examples/asgi_app.py`` (``PORT=0``: a free port).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from instrument.asgi import InstrumentMiddleware
@@ -29,4 +30,4 @@ app = InstrumentMiddleware(hello)
 if __name__ == "__main__":
     import uvicorn
 
-    uvicorn.run(app, host="127.0.0.1", port=8002)
+    uvicorn.run(app, host="127.0.0.1", port=int(os.environ.get("PORT", "8002")))

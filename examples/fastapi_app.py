@@ -1,12 +1,15 @@
 """A small FastAPI service, instrumented with one line (``app.add_middleware``).
 
-Run it with ``uvicorn examples.fastapi_app:app`` (or ``python examples/fastapi_app.py``);
-``instrument demo`` drives traffic at it next to the Flask example.
+Run it with ``uvicorn examples.fastapi_app:app`` (or ``python examples/fastapi_app.py``;
+``PORT=0`` picks a free port); ``instrument demo`` drives traffic at it next to the
+Flask example, which calls ``/api/users/{user_id}`` here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import random
 from collections.abc import AsyncIterator
 
@@ -16,6 +19,7 @@ from fastapi.responses import StreamingResponse
 from instrument.asgi import InstrumentMiddleware
 
 USERS = {i: {"id": i, "name": f"user-{i}"} for i in range(1, 51)}
+log = logging.getLogger("users")
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -24,6 +28,7 @@ router = APIRouter(prefix="/users", tags=["users"])
 async def get_user(user_id: int) -> dict[str, object]:
     user = USERS.get(user_id)
     if user is None:
+        log.info("no such user", extra={"user_id": user_id})  # carries the caller's request id
         raise HTTPException(status_code=404, detail="no such user")
     return user
 
@@ -31,6 +36,7 @@ async def get_user(user_id: int) -> dict[str, object]:
 @router.post("")
 async def create_user(request: Request, tasks: BackgroundTasks) -> dict[str, int]:
     body = await request.body()
+    log.info("user created", extra={"bytes": len(body)})
     tasks.add_task(asyncio.sleep, 0.05)  # runs after the response: not counted in its latency
     return {"received": len(body)}
 
@@ -69,4 +75,4 @@ app = create_app()
 if __name__ == "__main__":
     import uvicorn
 
-    uvicorn.run(app, host="127.0.0.1", port=8000)
+    uvicorn.run(app, host="127.0.0.1", port=int(os.environ.get("PORT", "8000")))

@@ -122,6 +122,9 @@ def route_of(ctx: tuple[str, str, str, Any]) -> str:
         if route is not None:
             return str(route)
         obj = holder.get("route")  # ASGI: Starlette/FastAPI leave the matched route here
+        fastapi = holder.get("fastapi")  # FastAPI's route with include_router prefixes
+        if obj is not None and fastapi:
+            obj = fastapi.get("effective_route_context") or obj
         if obj is not None:
             template = getattr(obj, "path_format", None) or getattr(obj, "path", None)
             if isinstance(template, str) and template:

@@ -1,212 +1,281 @@
-"""``instrument demo``: the example Flask app under mixed traffic, then what the kit recorded."""
+"""``instrument demo``: both example apps under realistic traffic, an incident, then the numbers.
+
+This module only orchestrates: :mod:`._demo_servers` serves the examples,
+:mod:`._demo_traffic` drives them, :mod:`._demo_alerts` runs the alert manager
+with a rule tuned for seconds, :mod:`._demo_console` draws progress,
+:mod:`._demo_summary` prints what the store holds and :mod:`._demo_overhead`
+measures the kit's own cost. Ctrl-C (SIGINT) or SIGTERM at any point stops the
+traffic and still prints the summary; a second Ctrl-C skips the benchmark.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
-import itertools
+import logging
 import os
-import random
-import sqlite3
-import sys
+import secrets
+import signal
 import threading
 import time
-from pathlib import Path
-from types import ModuleType
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-import requests
-
 from ._aggregate import iso_utc
+from ._demo_console import Console, Progress
 from ._runtime import runtime
+from .config import ConfigError, Settings
 
-__all__ = ["find_example", "run_demo"]
+__all__ = ["DemoOptions", "run_demo"]
 
-# (weight, method, path or callable, body size)
-_TRAFFIC: list[tuple[int, str, Any, int]] = [
-    (30, "GET", lambda: f"/items/{random.randint(1, 100)}", 0),
-    (6, "GET", lambda: f"/items/{random.randint(101, 999)}", 0),  # 404 from the handler
-    (12, "POST", "/items", -1),
-    (10, "GET", lambda: f"/search?q={random.choice('123456789')}", 0),
-    (2, "GET", "/slow", 0),
-    (6, "GET", "/stream", 0),
-    (3, "GET", "/error", 0),
-    (2, "GET", "/boom", 0),
-    (4, "GET", lambda: f"/no-such-page/{random.randint(1, 10**6)}", 0),
-    (5, "GET", "/", 0),
-]
+NEEDS = {"flask": "flask", "fastapi": "fastapi", "uvicorn": "uvicorn"}
 
 
-def find_example(name: str) -> Path:
-    """The example file, in the installed package or next to the source checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "_examples" / name, here.parent / "examples" / name):
-        if candidate.exists():
-            return candidate
-    raise FileNotFoundError(f"example {name!r} not found (looked in the package and ./examples)")
+@dataclass
+class DemoOptions:
+    """What ``instrument demo`` was asked for (see ``instrument demo --help``)."""
+
+    duration: float = 20.0
+    requests: int | None = None
+    concurrency: int = 8
+    db: str | None = None
+    no_traffic: bool = False
 
 
-def _load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"instrument_demo_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+class _Stopper:
+    """SIGINT/SIGTERM handler: the first asks the demo to wrap up, the second to hurry."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.presses = 0
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.presses += 1
+        self.event.set()
+
+    @property
+    def hurry(self) -> bool:
+        return self.presses >= 2
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
 
 
-class _Traffic:
-    def __init__(self, base: str, total: int | None, deadline: float | None) -> None:
-        self.base = base
-        self.total = total
-        self.deadline = deadline
-        self.sent = itertools.count()
-        self.answered = 0
-        self.failed = 0
-        self.stop = threading.Event()
-        self._lock = threading.Lock()
-        self._choices = [t for t in _TRAFFIC for _ in range(t[0])]
-
-    def _next_slot(self) -> bool:
-        if self.stop.is_set():
-            return False
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            return False
-        n = next(self.sent)
-        return self.total is None or n < self.total
-
-    def worker(self) -> None:
-        session = requests.Session()
-        while self._next_slot():
-            _, method, target, size = random.choice(self._choices)
-            path = target() if callable(target) else target
-            body = None
-            if size:
-                body = b'{"name": "' + b"x" * random.randint(10, 4000) + b'"}'
-            try:
-                response = session.request(method, self.base + path, data=body, timeout=10)
-                response.close()
-                with self._lock:
-                    self.answered += 1
-            except requests.RequestException:
-                with self._lock:
-                    self.failed += 1
-        session.close()
+def _paths(db: str | None) -> tuple[str, str, str]:
+    """(metrics db, alerts db, JSON log file): the alerts file and the log sit by the metrics."""
+    metrics = os.path.abspath(db or Settings.from_env().metrics_db)
+    folder = os.path.dirname(metrics)
+    alerts = os.environ.get("INSTRUMENT_ALERTS_DB") or os.environ.get("ALERTS_DB_PATH")
+    return metrics, os.path.abspath(alerts or os.path.join(folder, "alerts.db")), \
+        os.path.join(folder, "demo-logs.jsonl")
 
 
-def _progress(traffic: _Traffic, started: float) -> None:
-    width = 30
-    while not traffic.stop.wait(0.2):
-        done = traffic.answered
-        elapsed = time.monotonic() - started
-        if traffic.total:
-            frac = min(1.0, done / traffic.total)
-        elif traffic.deadline:
-            frac = min(1.0, elapsed / max(1e-9, traffic.deadline - started))
+def run_demo(options: DemoOptions | None = None) -> int:
+    """Run the demo; returns the exit status (0 after a summary, also after Ctrl-C)."""
+    opts = options or DemoOptions()
+    console = Console()
+    missing = [pkg for mod, pkg in NEEDS.items() if importlib.util.find_spec(mod) is None]
+    if missing:
+        console.say(f"instrument demo needs {', '.join(missing)}: pip install"
+                    ' "instrument-kit[flask,fastapi]" uvicorn')
+        return 1
+    stopper = _Stopper()
+    with stopper.installed():
+        try:
+            return _Demo(opts, console, stopper).run()
+        except ConfigError as exc:
+            console.say(f"instrument demo: {exc}")
+            return 2
+
+
+class _Demo:
+    def __init__(self, opts: DemoOptions, console: Console, stopper: _Stopper) -> None:
+        self.opts = opts
+        self.console = console
+        self.say = console.say
+        self.stopper = stopper
+        self.db, self.alerts_db, self.log_file = _paths(opts.db)
+        self.token = secrets.token_urlsafe(24)
+        self.prometheus = importlib.util.find_spec("prometheus_client") is not None
+
+    def run(self) -> int:
+        from ._demo_alerts import Signals, start_alerts
+        from ._demo_servers import load_example, serve_asgi, serve_wsgi
+        from .alerting import reset_alert_manager
+        from .backends.sqlite import connect
+        from .logs import setup_logging
+        from .metrics_collector import get_metrics_collector, reset_metrics_collector
+
+        os.environ["INSTRUMENT_ALERTS_DB"] = self.alerts_db  # the dashboard reads alerts here
+        runtime.configure(metrics_db=self.db, storage=None, backends=None, enabled=True,
+                          dashboard_token=self.token, prometheus=self.prometheus,
+                          flush_interval=0.5, collection_interval=2.0, raw_rows=True,
+                          request_id=True)
+        connect(self.db).close()  # tables exist before anything reads them
+        log_stream = open(self.log_file, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+        root = setup_logging("INFO", json=True, stream=log_stream, store=True)
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access lines
+        self.run_wall = time.time()
+        servers = []
+        try:
+            users_mod = load_example("fastapi_app.py")
+            shop_mod = load_example("flask_app.py")
+            jobs_mod = load_example("batch_jobs.py")
+            api = serve_asgi("fastapi", users_mod.app)
+            servers.append(api)
+            shop = serve_wsgi("flask", shop_mod.create_app(users_url=api.url))
+            servers.insert(0, shop)
+            collector = get_metrics_collector()
+            collector.start_collection()
+            signals = Signals(self.db, os.getpid(), collector)
+            manager = start_alerts(self.alerts_db, signals)
+            self._banner(shop.url, api.url, manager)
+            outcome = self._drive(shop.url, api.url, jobs_mod, manager, signals)
+            for served in servers:
+                served.stop()
+            servers = []
+            expected = outcome.expected()
+            self._settle(expected)
+            outcome.watcher.stop()
+            reset_alert_manager()
+            reset_metrics_collector()
+            signals.close()
+            from ._demo_summary import Summary
+
+            Summary(self, outcome, {"flask": (shop, shop_mod), "fastapi": (api, users_mod)},
+                    jobs_mod).print()
+        finally:
+            for served in servers:
+                served.stop()
+            runtime.shutdown()
+            for handler in list(root.handlers):
+                if getattr(handler, "_instrument_owned", False):
+                    root.removeHandler(handler)
+            log_stream.close()
+        return 0
+
+    def _banner(self, shop: str, api: str, manager: Any) -> None:
+        from ._demo_alerts import CHECK_INTERVAL, FOR_SECONDS, THRESHOLD, WINDOW
+
+        say = self.say
+        say("instrument demo: two example apps, instrumented, on loopback")
+        say(f"  Flask app     {shop}   (examples/flask_app.py)")
+        say(f"  FastAPI app   {api}   (examples/fastapi_app.py)")
+        say(f"  dashboard     {shop}/monitoring/login?token={self.token}")
+        say(f"                (the link signs you in; {api}/monitoring works too, same token:"
+            " INSTRUMENT_DASHBOARD_TOKEN)")
+        if self.prometheus:
+            say(f"  Prometheus    {shop}/metrics   and {api}/metrics   (no token: scrapers"
+                " do not sign in)")
         else:
-            frac = 0.0
-        bar = "#" * int(frac * width)
-        rate = done / max(elapsed, 1e-9)
-        sys.stderr.write(f"\r  [{bar:<{width}}] {done:6d} requests  {rate:7.0f}/s")
-        sys.stderr.flush()
-    sys.stderr.write("\n")
+            say('  Prometheus    off: pip install "instrument-kit[prometheus]" to serve /metrics')
+        folder = os.path.dirname(self.db)
+        say(f"  data          {self.db}")
+        say(f"                {self.alerts_db}, {os.path.relpath(self.log_file, folder)}"
+            " (JSON log lines with request ids)")
+        say(f"  alerting      demo rule: error rate > {THRESHOLD:g}% for {FOR_SECONDS:g}s over"
+            f" the last {WINDOW:g}s of requests, checked every {CHECK_INTERVAL:g}s")
+        say("                (tuned for a short demo: the default rules use 5-minute windows"
+            " and minutes of duration; system_down is off)")
+        say(f"                channels: {', '.join(manager.dispatcher.channels)}"
+            " (email, Slack, webhook, PagerDuty when the environment configures them)")
+
+    def _drive(self, shop: str, api: str, jobs_mod: Any, manager: Any, signals: Any) -> Any:
+        from ._demo_alerts import RULE, Watcher
+        from ._demo_traffic import Jobs, Traffic
+
+        opts, stop = self.opts, self.stopper.event
+        outcome = _Outcome(manager=manager)
+        started = time.monotonic()
+        outcome.started_wall = time.time()
+        outcome.watcher = Watcher(manager, self.say, outcome.started_wall, signals)
+        outcome.watcher.start()
+        if opts.no_traffic:
+            self.say("\nServing until Ctrl-C. Try:  curl -i " + shop + "/items/1   or  curl -i "
+                     + api + "/api/users/7")
+            while not stop.wait(0.5):
+                pass
+            outcome.elapsed = time.monotonic() - started
+            outcome.interrupted = True
+            return outcome
+        duration = opts.duration
+        begin = started + 0.3 * duration
+        incident = (begin, begin + max(5.0, 0.3 * duration))
+        if incident[1] + 4.0 > started + duration:
+            self.say(f"  note: {duration:g}s is short; the alert may not fire and resolve"
+                     " (20s or more shows the whole cycle)")
+        traffic = Traffic({"flask": shop, "fastapi": api}, concurrency=opts.concurrency,
+                          deadline=started + duration, total=opts.requests, incident=incident)
+        jobs = Jobs(jobs_mod)
+        outcome.traffic, outcome.jobs = traffic, jobs
+
+        def alert_state() -> str:
+            if RULE in manager.active_alerts:
+                return "FIRING"
+            return "pending" if RULE in manager.pending_alerts else "ok"
+
+        progress = Progress(self.console, traffic, started, duration, alert_state)
+        self.say(f"\nTraffic: {duration:g}s from {opts.concurrency} client threads, incident"
+                 f" from {incident[0] - started:.0f}s to {incident[1] - started:.0f}s;"
+                 " Ctrl-C ends early with the summary.")
+        jobs.start()
+        traffic.start()
+        progress.start()
+        while traffic.alive() and not stop.wait(0.1):
+            pass
+        traffic.stop()
+        traffic.join(20.0)
+        outcome.elapsed = time.monotonic() - started
+        outcome.interrupted = stop.is_set()
+        jobs.stop()
+        if not stop.is_set() and RULE in manager.active_alerts:
+            self.say("  waiting for the alert to resolve (no more errors are coming)...")
+            deadline = time.monotonic() + 10.0
+            while RULE in manager.active_alerts and time.monotonic() < deadline \
+                    and not stop.wait(0.1):
+                pass
+        progress.stop()
+        return outcome
+
+    def _settle(self, expected: int | None) -> None:
+        """Flush until the store holds every answered request (servers record on close)."""
+        from ._demo_report import count_requests
+
+        since = iso_utc(self.run_wall - 1.0)
+        deadline = time.monotonic() + 10.0
+        while True:
+            runtime.flush(5.0)
+            if expected is None or count_requests(self.db, since, os.getpid()) >= expected \
+                    or time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
 
 
-def route_table(db: str, since_iso: str, pid: int) -> list[dict[str, Any]]:
-    """Per-route figures for this run, computed from the raw rows."""
-    conn = sqlite3.connect(db)
-    try:
-        rows = conn.execute(
-            "SELECT endpoint, method, status_code, response_time_ms, request_size_bytes,"
-            " response_size_bytes, error_count FROM api_metrics WHERE timestamp >= ? AND pid = ?",
-            (since_iso, pid)).fetchall()
-    finally:
-        conn.close()
-    groups: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
-    for row in rows:
-        groups.setdefault((row[0], row[1]), []).append(row)
-    table = []
-    for (endpoint, method), items in groups.items():
-        times = sorted(r[3] for r in items)
+@dataclass
+class _Outcome:
+    """What happened during the traffic phase, for the summary."""
 
-        def pct(q: float, times: list[float] = times) -> float:
-            return times[min(len(times) - 1, max(0, round(q / 100 * len(times)) - 1))]
+    manager: Any = None
+    watcher: Any = None
+    traffic: Any = None
+    jobs: Any = None
+    started_wall: float = 0.0
+    elapsed: float = 0.0
+    interrupted: bool = False
 
-        table.append({
-            "route": endpoint, "method": method, "count": len(items),
-            "error_rate": 100.0 * sum(r[6] for r in items) / len(items),
-            "client_errors": sum(1 for r in items if 400 <= r[2] < 500),
-            "p50": pct(50), "p95": pct(95), "p99": pct(99),
-            "bytes_in": sum(r[4] or 0 for r in items), "bytes_out": sum(r[5] or 0 for r in items),
-        })
-    table.sort(key=lambda r: -r["count"])
-    return table
+    def expected(self) -> int | None:
+        """Requests the store must hold: every answer, plus the calls Flask made to FastAPI."""
+        if self.traffic is None:
+            return None
+        return int(self.traffic.sent + self.traffic.upstream_calls)
 
-
-def _print_table(table: list[dict[str, Any]]) -> None:
-    head = (f"{'route':<24} {'method':<6} {'count':>6} {'err%':>6} {'4xx':>5} {'p50 ms':>8} "
-            f"{'p95 ms':>8} {'p99 ms':>8} {'bytes in':>10} {'bytes out':>10}")
-    print(head)
-    print("-" * len(head))
-    for r in table:
-        print(f"{r['route'][:24]:<24} {r['method']:<6} {r['count']:>6} {r['error_rate']:>6.1f} "
-              f"{r['client_errors']:>5} {r['p50']:>8.2f} {r['p95']:>8.2f} {r['p99']:>8.2f} "
-              f"{r['bytes_in']:>10} {r['bytes_out']:>10}")
-
-
-def run_demo(duration: float | None = None, total: int = 3000, concurrency: int = 8,
-             db: str | None = None) -> int:
-    import logging
-
-    from werkzeug.serving import make_server
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-
-    options: dict[str, Any] = {"metrics_db": db} if db else {}
-    settings = runtime.configure(**options)
-    db_path = os.path.abspath(settings.metrics_db)
-    started_wall = time.time()
-    example = _load(find_example("flask_app.py"))
-    app = example.create_app()
-    app.logger.disabled = True  # /boom raises on purpose; keep the console for the summary
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    server_thread = threading.Thread(target=server.serve_forever, daemon=True)
-    server_thread.start()
-    base = f"http://127.0.0.1:{server.server_port}"
-    print(f"instrument demo: example Flask app on {base}")
-    print(f"  recording into {db_path}")
-    started = time.monotonic()
-    traffic = _Traffic(base, None if duration else total,
-                       started + duration if duration else None)
-    workers = [threading.Thread(target=traffic.worker, daemon=True) for _ in range(concurrency)]
-    bar = threading.Thread(target=_progress, args=(traffic, started), daemon=True)
-    for t in workers:
-        t.start()
-    bar.start()
-    interrupted = False
-    try:
-        for t in workers:
-            while t.is_alive():
-                t.join(0.2)
-    except KeyboardInterrupt:
-        interrupted = True
-        traffic.stop.set()
-        for t in workers:
-            t.join(15)
-    traffic.stop.set()
-    bar.join(1)
-    server.shutdown()
-    elapsed = time.monotonic() - started
-    flushed = runtime.flush(10.0)
-    stats = runtime.stats()
-    print()
-    if interrupted:
-        print("Interrupted: summary of what was recorded so far.")
-    print(f"Sent {traffic.answered} requests in {elapsed:.1f}s "
-          f"({traffic.answered / max(elapsed, 1e-9):.0f}/s), {traffic.failed} failed to connect.")
-    table = route_table(db_path, iso_utc(started_wall - 1), os.getpid())
-    _print_table(table)
-    recorded = sum(r["count"] for r in table)
-    print(f"\nRecorded {recorded} of {traffic.answered} requests; dropped {stats['dropped']}; "
-          f"flushed {'fully' if flushed else 'PARTIALLY'}.")
-    print(f"Data: {db_path}  (sqlite3 {db_path} 'SELECT * FROM api_metrics LIMIT 5')")
-    runtime.shutdown()
-    return 0

@@ -19,14 +19,17 @@ def _positive(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="instrument", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo",
-                          help="run the example app under traffic and show what was recorded")
-    demo.add_argument("--duration", type=_positive, default=None,
-                      help="seconds of traffic (default: a fixed number of requests)")
-    demo.add_argument("--requests", type=int, default=3000,
-                      help="requests to send without --duration")
-    demo.add_argument("--concurrency", type=int, default=8, help="client threads")
-    demo.add_argument("--db", default=None, help="SQLite file (default: INSTRUMENT_METRICS_DB)")
+    demo = sub.add_parser("demo", help="run the example Flask and FastAPI apps under traffic,"
+                          " provoke an alert, and show what the kit recorded")
+    demo.add_argument("--duration", type=_positive, default=20.0,
+                      help="seconds of traffic (default 20; the incident starts at 30%%)")
+    demo.add_argument("--requests", type=int, default=None,
+                      help="stop after this many requests (default: no cap)")
+    demo.add_argument("--concurrency", type=int, default=8, help="client threads (default 8)")
+    demo.add_argument("--db", default=None, help="SQLite file (default: INSTRUMENT_METRICS_DB);"
+                      " the alert state and the JSON log go next to it")
+    demo.add_argument("--no-traffic", action="store_true",
+                      help="serve the instrumented apps for exploring by hand until Ctrl-C")
     dash = sub.add_parser("dashboard", help="serve the dashboard and REST API over the SQLite"
                           " files (needs INSTRUMENT_DASHBOARD_TOKEN or --public)")
     dash.add_argument("--db", default=None, help="metrics file (default: INSTRUMENT_METRICS_DB)")
@@ -51,10 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        from ._demo import run_demo
+        from ._demo import DemoOptions, run_demo
 
-        return run_demo(duration=args.duration, total=args.requests,
-                        concurrency=args.concurrency, db=args.db)
+        return run_demo(DemoOptions(duration=args.duration, requests=args.requests,
+                                    concurrency=args.concurrency, db=args.db,
+                                    no_traffic=args.no_traffic))
     if args.command == "dashboard":
         from .dashboard.server import run
 

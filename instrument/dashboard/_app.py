@@ -17,7 +17,7 @@ import time
 from importlib import resources
 from urllib.parse import parse_qs
 
-from ._http import Request, Response, json_response, problem
+from ._http import BadRequest, Request, Response, json_response, problem
 from ._paths import API_PREFIX, OFF_MESSAGE, PAGE
 from .api import MonitoringAPI
 from .auth import Auth, same_origin
@@ -160,6 +160,11 @@ class Dashboard:
         if request.method in ("GET", "HEAD"):
             if self.auth.check(request).allowed:
                 return _redirect(request.root + PAGE)
+            link = _link_token(request) if self.auth.token else None
+            if link is not None:
+                # A sign-in link (``instrument demo`` prints one): like the form, but the token
+                # rides in the URL, so it lands in browser history; fine on loopback.
+                return self._sign_in(request, link)
             return self._login_form(request, 200, "")
         if request.method != "POST":
             return _text(405, "Method Not Allowed")
@@ -167,16 +172,18 @@ class Dashboard:
             return _redirect(request.root + PAGE)
         if not same_origin(request):
             return _text(403, "Cross-site request refused.")
+        try:
+            fields = parse_qs(request.body.decode("utf-8", "replace"), max_num_fields=10)
+        except ValueError:
+            return self._login_form(request, 400, "That form could not be read.")
+        return self._sign_in(request, (fields.get("token") or [""])[0])
+
+    def _sign_in(self, request: Request, submitted: str) -> Response:
         now = time.monotonic()
         with self._lock:
             self._failures = [t for t in self._failures if now - t < 60]
             if len(self._failures) >= _LOGIN_LIMIT:
                 return self._login_form(request, 429, "Too many attempts; wait a minute.")
-        try:
-            fields = parse_qs(request.body.decode("utf-8", "replace"), max_num_fields=10)
-        except ValueError:
-            return self._login_form(request, 400, "That form could not be read.")
-        submitted = (fields.get("token") or [""])[0]
         if not self.auth.login(submitted):
             with self._lock:
                 self._failures.append(now)
@@ -189,6 +196,13 @@ class Dashboard:
         body = _LOGIN_FORM.format(root=html.escape(request.root, quote=True),
                                   error=html.escape(error))
         return Response(status, body.encode("utf-8"), "text/html; charset=utf-8")
+
+
+def _link_token(request: Request) -> str | None:
+    try:
+        return request.query.get("token")
+    except BadRequest:  # a malformed or repeated parameter: show the form instead
+        return None
 
 
 def _text(status: int, text: str) -> Response:
