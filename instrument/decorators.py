@@ -15,8 +15,6 @@ from time import perf_counter
 from types import FunctionType, MethodType, TracebackType
 from typing import Any, TypeVar, overload
 
-import wrapt
-
 from ._buffer import KIND_CALL
 from ._runtime import ON, UNSTARTED, runtime
 
@@ -134,7 +132,10 @@ async def _timed_agen(agen: AsyncIterator[Any], name: str, t0: float) -> AsyncIt
         _rec.add((KIND_CALL, t0, perf_counter(), name, exc))
 
 
-class _TimedFunction(wrapt.FunctionWrapper):
+_bases: list[type] = []  # the wrapt.FunctionWrapper subclass below, built on first use
+
+
+def _timed_base() -> type:
     """wrapt's proxy (signature, ``inspect`` checks, binding), minus its per-call cost.
 
     wrapt's C ``__call__`` looks up ``wrapped.__self__`` on every call; on a plain
@@ -143,12 +144,21 @@ class _TimedFunction(wrapt.FunctionWrapper):
     per attribute access. Each decorated callable gets its own subclass whose
     ``__call__`` calls the timing wrapper directly (the wrappers ignore ``instance``),
     and for a plain function a ``__get__`` that binds the way a function does.
+
+    wrapt is imported here, at the first ``@timed``, not with the package: it pulls in
+    asyncio and importlib.metadata, ~3 MB of resident memory a WSGI app never needs.
     """
+    if not _bases:
+        import wrapt
 
-    __slots__ = ()
+        class _TimedFunction(wrapt.FunctionWrapper):
+            __slots__ = ()
+
+        _bases.append(_TimedFunction)
+    return _bases[0]
 
 
-def _proxy_class(func: Any, wrapper: Callable[..., Any]) -> type[_TimedFunction]:
+def _proxy_class(func: Any, wrapper: Callable[..., Any]) -> type:
     def __call__(self: Any, /, *args: Any, **kwargs: Any) -> Any:
         return wrapper(func, None, args, kwargs)
 
@@ -157,7 +167,7 @@ def _proxy_class(func: Any, wrapper: Callable[..., Any]) -> type[_TimedFunction]
         def __get__(self: Any, instance: Any, owner: Any = None) -> Any:
             return self if instance is None else MethodType(self, instance)
         namespace["__get__"] = __get__
-    return type("TimedFunction", (_TimedFunction,), namespace)
+    return type("TimedFunction", (_timed_base(),), namespace)
 
 
 @overload

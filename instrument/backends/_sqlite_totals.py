@@ -102,13 +102,15 @@ class TotalsState:
         self.pid = os.getpid()
         self.dropped = -1  # baseline taken from the flusher on the first batch
         self.errors = 0
-        self.batch: Batch | None = None
+        # A weak reference: a strong one kept the last batch (raw rows and all) alive
+        # until the next flush, megabytes at a few thousand requests per second.
+        self.batch: weakref.ref[Batch] | None = None
         self.deltas: tuple[int, int] = (0, 0)
         self.names: dict[str, set[str]] | None = None
 
     def deltas_for(self, batch: Batch) -> tuple[int, int]:
         """(dropped, flush errors) increases to add with ``batch``; the same on a retry."""
-        if batch is self.batch:
+        if self.batch is not None and self.batch() is batch:  # a retry of the same batch
             return self.deltas
         from .._runtime import runtime
 
@@ -127,7 +129,7 @@ class TotalsState:
         # A new flusher (configure() again) restarts its own counts: never add a negative.
         d = (max(0, dropped - self.dropped), max(0, errors - self.errors))
         self.dropped, self.errors = dropped, errors
-        self.batch, self.deltas = batch, d  # holding the batch keeps its id() unique
+        self.batch, self.deltas = weakref.ref(batch), d
         return d
 
 

@@ -1,0 +1,368 @@
+"""Per-request overhead of the kit against the bare app, and against the peer projects.
+
+Every app is driven in process: a WSGI callable is called with a prepared
+environ and a trivial start_response and its iterable exhausted and closed; an
+ASGI app is awaited with a prepared scope and no-op receive/send inside one
+event loop. All variants of a group run in this one process, alternating round
+by round, and each figure is the median over rounds.
+
+The kit runs as deployed: the default SQLite backend (into a temp file) with
+its flusher thread alive. Between rounds, outside the timed region, the buffer
+is flushed, so a round measures the request path into a non-full buffer and
+the flusher's own work is reported separately as CPU per sample.
+
+Run: ``python benchmarks/overhead.py [--quick] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+from _common import (
+    FloorASGI,
+    acall_runner,
+    asgi_runner,
+    call_runner,
+    floor_acall,
+    floor_asgi,
+    floor_call,
+    floor_wsgi,
+    interleave,
+    parser,
+    print_table,
+    write_json,
+    wsgi_runner,
+)
+
+import instrument
+from instrument._runtime import runtime
+
+#: Upper bound (µs) on the median overhead of the kit's default variant in each group.
+TARGETS = {"wsgi": 3.0, "flask": 5.0, "asgi": 5.0, "starlette": 5.0, "fastapi": 5.0,
+           "decorator": 1.0, "method": 1.0, "decorator-async": 1.0}
+ROUNDS = 61
+ROUND_SECONDS = 0.01
+MAX_NUMBER = 8000  # one round's samples stay under the buffer's high-water mark
+KIT = "instrument"
+KIT_NO_ID = "instrument, request_id off"
+
+Variants = list[tuple[str, Callable[[int], float]]]
+
+
+class Kit:
+    """Builds the kit's variants under its default settings and with request ids off."""
+
+    def __init__(self, db: str) -> None:
+        self.db = db
+
+    def both(self, build: Callable[[], Callable[[int], float]]) -> Variants:
+        instrument.configure(metrics_db=self.db, request_id=False)
+        try:
+            plain = build()
+            plain(1)  # Starlette builds its middleware stack (reading settings) on first call
+        finally:
+            instrument.configure(metrics_db=self.db)
+        default = build()
+        default(1)
+        return [(KIT, default), (KIT_NO_ID, plain)]
+
+
+def _installed(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+def _otel() -> tuple[Any, Any] | None:
+    """An SDK TracerProvider (batch processor, discarding exporter) and MeterProvider."""
+    if not (_installed("opentelemetry.sdk") and _installed("opentelemetry.instrumentation.wsgi")):
+        return None
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Discard(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(Discard()))
+    return tracer_provider, MeterProvider(metric_readers=[InMemoryMetricReader()])
+
+
+# -- groups: the first variant of each is the baseline ----------------------
+def _hello(environ: Any, start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"hello"]
+
+
+def wsgi_group(kit: Kit, otel: Any) -> Variants:
+    from instrument.wsgi import InstrumentMiddleware
+
+    out = [("bare", wsgi_runner(_hello, "/hello")),
+           ("floor", wsgi_runner(floor_wsgi(_hello), "/hello")),
+           *kit.both(lambda: wsgi_runner(InstrumentMiddleware(_hello), "/hello"))]
+    if otel is not None:
+        from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+        peer = OpenTelemetryMiddleware(_hello, tracer_provider=otel[0], meter_provider=otel[1])
+        out.append(("otel-wsgi", wsgi_runner(peer, "/hello")))
+    return out
+
+
+def _flask_app() -> Any:
+    import flask
+
+    app = flask.Flask("bench")
+
+    @app.route("/items/<int:item_id>")
+    def item(item_id: int) -> str:
+        return "hello"
+    return app
+
+
+def flask_group(kit: Kit, otel: Any) -> Variants:
+    from instrument.flask import Instrument
+
+    def instrumented() -> Callable[[int], float]:
+        app = _flask_app()
+        Instrument(app)
+        return wsgi_runner(app, "/items/42")
+
+    floor = _flask_app()
+    floor.wsgi_app = floor_wsgi(floor.wsgi_app)
+    out = [("bare", wsgi_runner(_flask_app(), "/items/42")),
+           ("floor", wsgi_runner(floor, "/items/42")), *kit.both(instrumented)]
+    if _installed("prometheus_flask_exporter"):
+        from prometheus_client import CollectorRegistry
+        from prometheus_flask_exporter import PrometheusMetrics
+        peer = _flask_app()
+        PrometheusMetrics(peer, registry=CollectorRegistry())
+        out.append(("prometheus-flask-exporter", wsgi_runner(peer, "/items/42")))
+    if otel is not None:
+        from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+        peer = _flask_app()
+        peer.wsgi_app = OpenTelemetryMiddleware(peer.wsgi_app, tracer_provider=otel[0],
+                                                meter_provider=otel[1])
+        out.append(("otel-wsgi", wsgi_runner(peer, "/items/42")))
+    return out
+
+
+async def _asgi_hello(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", b"5")]})
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+def asgi_group(loop: Any, kit: Kit, otel: Any) -> Variants:
+    from instrument.asgi import InstrumentMiddleware
+
+    out = [("bare", asgi_runner(loop, _asgi_hello, "/hello")),
+           ("floor", asgi_runner(loop, floor_asgi(_asgi_hello), "/hello")),
+           *kit.both(lambda: asgi_runner(loop, InstrumentMiddleware(_asgi_hello), "/hello"))]
+    if otel is not None and _installed("opentelemetry.instrumentation.asgi"):
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+        peer = OpenTelemetryMiddleware(_asgi_hello, tracer_provider=otel[0],
+                                       meter_provider=otel[1])
+        out.append(("otel-asgi", asgi_runner(loop, peer, "/hello")))
+    return out
+
+
+def _starlette_app(fastapi: bool, *middleware: Any) -> Any:
+    if fastapi:
+        from fastapi import FastAPI
+        api = FastAPI(middleware=list(middleware))
+
+        @api.get("/items/{item_id}")
+        async def item(item_id: int) -> dict[str, int]:
+            return {"item_id": item_id}
+        return api
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def hello(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("hello")
+    return Starlette(routes=[Route("/items/{item_id:int}", hello)], middleware=list(middleware))
+
+
+def starlette_group(loop: Any, kit: Kit, otel: Any, fastapi: bool) -> Variants:
+    from starlette.middleware import Middleware
+
+    from instrument.asgi import InstrumentMiddleware
+
+    def app(*middleware: Any) -> Callable[[int], float]:
+        return asgi_runner(loop, _starlette_app(fastapi, *middleware), "/items/42")
+
+    out = [("bare", app()), ("floor", app(Middleware(FloorASGI))),
+           *kit.both(lambda: app(Middleware(InstrumentMiddleware)))]
+    if not fastapi and _installed("starlette_exporter"):
+        from starlette_exporter import PrometheusMiddleware
+        out.append(("starlette-exporter", app(Middleware(PrometheusMiddleware))))
+    if fastapi and _installed("prometheus_fastapi_instrumentator"):
+        from prometheus_client import CollectorRegistry
+        from prometheus_fastapi_instrumentator import Instrumentator
+        peer = _starlette_app(True)
+        Instrumentator(registry=CollectorRegistry()).instrument(peer)
+        out.append(("prometheus-fastapi-instrumentator", asgi_runner(loop, peer, "/items/42")))
+    if otel is not None and _installed("opentelemetry.instrumentation.asgi"):
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+        out.append(("otel-asgi", app(Middleware(OpenTelemetryMiddleware, tracer_provider=otel[0],
+                                                meter_provider=otel[1]))))
+    return out
+
+
+def _work(i: int) -> int:
+    return i
+
+
+async def _awork(i: int) -> int:
+    return i
+
+
+def decorator_group() -> Variants:
+    out = [("bare", call_runner(_work)), ("floor", call_runner(floor_call(_work))),
+           (KIT, call_runner(instrument.timed(_work)))]
+    if _installed("prometheus_client"):
+        from prometheus_client import CollectorRegistry, Histogram
+        hist = Histogram("bench_work_seconds", "bench", registry=CollectorRegistry())
+        out.append(("prometheus Histogram.time()", call_runner(hist.time()(_work))))
+    return out
+
+
+class _Service:
+    def bare(self, i: int) -> int:
+        return i
+
+    @instrument.timed
+    def timed(self, i: int) -> int:
+        return i
+
+
+def method_group() -> Variants:
+    """A method looked up on its instance at every call, as application code does."""
+    svc = _Service()
+
+    def bare(n: int) -> float:
+        return call_runner(lambda i: svc.bare(i))(n)
+
+    def timed(n: int) -> float:
+        return call_runner(lambda i: svc.timed(i))(n)
+    return [("bare", bare), (KIT, timed)]
+
+
+def decorator_async_group(loop: Any) -> Variants:
+    return [("bare", acall_runner(loop, _awork)),
+            ("floor", acall_runner(loop, floor_acall(_awork))),
+            (KIT, acall_runner(loop, instrument.timed(_awork)))]
+
+
+# -- main -------------------------------------------------------------------
+def _flusher_cpu() -> float:
+    """CPU seconds the flusher thread has used so far (per-thread times via psutil)."""
+    import psutil
+
+    flusher = runtime.flusher
+    thread = getattr(flusher, "_thread", None)
+    if thread is None or thread.native_id is None:
+        return 0.0
+    for t in psutil.Process().threads():
+        if t.id == thread.native_id:
+            return float(t.user_time + t.system_time)
+    return 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser(__doc__.splitlines()[0]).parse_args(argv)
+    rounds, round_seconds = (3, 0.001) if args.quick else (ROUNDS, ROUND_SECONDS)
+    tmp = tempfile.mkdtemp(prefix="instrument-bench-")
+    atexit.register(shutil.rmtree, tmp, True)
+    db = os.path.join(tmp, "metrics.db")
+    instrument.configure(metrics_db=db)
+    loop = asyncio.new_event_loop()
+    otel = _otel()
+    kit = Kit(db)
+    groups: list[tuple[str, Variants]] = [
+        ("wsgi", wsgi_group(kit, otel)),
+        ("flask", flask_group(kit, otel)),
+        ("asgi", asgi_group(loop, kit, otel)),
+        ("starlette", starlette_group(loop, kit, otel, fastapi=False)),
+        ("fastapi", starlette_group(loop, kit, otel, fastapi=True)),
+        ("decorator", decorator_group()),
+        ("method", method_group()),
+        ("decorator-async", decorator_async_group(loop)),
+    ]
+
+    def settle() -> None:  # outside the timed region: empty every background queue
+        instrument.flush(10.0)
+        if otel is not None:
+            otel[0].force_flush()
+
+    def settled(run: Callable[[int], float]) -> Callable[[int], float]:
+        def run_and_settle(n: int) -> float:
+            elapsed = run(n)
+            settle()
+            return elapsed
+        return run_and_settle
+
+    settle()
+    cpu0, flushed0 = _flusher_cpu(), instrument.stats()["samples_flushed"]
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    rows: list[list[Any]] = []
+    for group, variants in groups:
+        res = interleave([(name, settled(run)) for name, run in variants], rounds=rounds,
+                         round_seconds=round_seconds, max_number=MAX_NUMBER)
+        base, base_min = res["bare"]["median_us"], res["bare"]["min_us"]
+        for name, r in res.items():
+            r["ratio"] = r["median_us"] / base
+            # the best round of each: what a quiet machine would show, for reference
+            r["overhead_min_us"] = r["min_us"] - base_min
+            verdict = None
+            if name == KIT:
+                r["target_us"] = TARGETS[group]
+                r["met"] = r["overhead_us"] <= TARGETS[group]
+                verdict = f"<= {TARGETS[group]:g} " + ("ok" if r["met"] else "MISSED")
+            rows.append([group, name, r["median_us"], r["min_us"], r["iqr_us"],
+                         None if name == "bare" else r["overhead_us"],
+                         None if name == "bare" else r["overhead_min_us"], r["ratio"], verdict])
+        results[group] = res
+    settle()
+    cpu = _flusher_cpu() - cpu0
+    stats = instrument.stats()
+    flushed = stats["samples_flushed"] - flushed0
+    instrument.shutdown()
+    loop.close()
+    with sqlite3.connect(db) as conn:
+        stored = sum(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                     for table in ("api_metrics", "call_metrics"))
+    flusher = {"samples_flushed": flushed, "dropped": stats["dropped"], "rows_in_sqlite": stored,
+               "cpu_seconds": cpu, "cpu_us_per_sample": cpu / flushed * 1e6 if flushed else None}
+    print_table(["group", "variant", "median us", "min us", "iqr us", "overhead us",
+                 "min-min us", "ratio", "target us"], rows,
+                title=f"Per-call CPU cost over {rounds} interleaved rounds; overhead is the "
+                      "median of per-round differences to bare")
+    noise = [g["bare"]["median_us"] / g["bare"]["min_us"] for g in results.values()]
+    print(f"\nmachine noise: a bare round's median is {statistics.median(noise):.2f}x its best "
+          "round (1.0 on a quiet machine); 'min-min' compares best rounds")
+    per_sample = flusher["cpu_us_per_sample"]
+    print(f"\nflusher thread (SQLite, off the request path): {flushed:,d} samples, "
+          f"{stored:,d} rows stored, {stats['dropped']} dropped, "
+          + (f"{per_sample:.2f} us CPU per sample" if per_sample else "no CPU reading"))
+    write_json(args.json, {"benchmark": "overhead", "quick": args.quick, "rounds": rounds,
+                           "targets_us": TARGETS, "groups": results, "flusher": flusher})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

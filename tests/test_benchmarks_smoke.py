@@ -1,0 +1,130 @@
+"""The benchmark scripts run end to end in ``--quick`` mode and write well-formed results.
+
+These tests check shape and consistency (every group and variant measured,
+every sample stored, numbers finite and positive), never speed: quick runs are
+far too short for their figures to mean anything.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+
+
+def _run(script: str, tmp_path: Path, *extra: str) -> tuple[dict[str, Any], str]:
+    """Run ``benchmarks/<script> --quick --json`` in a subprocess; return the JSON and stdout."""
+    out = tmp_path / f"{script}.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INSTRUMENT_")}
+    env["INSTRUMENT_METRICS_DB"] = str(tmp_path / "unused-default.db")
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--json", str(out),
+                           *extra], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["quick"] is True
+    assert data["environment"]["python"] == sys.version.split()[0]
+    return data, proc.stdout
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def test_overhead_measures_every_group_against_its_bare_baseline(tmp_path: Path) -> None:
+    """overhead.py times bare, floor and the kit in every group, with a target on the kit."""
+    data, stdout = _run("overhead.py", tmp_path)
+    groups = data["groups"]
+    assert set(groups) == {"wsgi", "flask", "asgi", "starlette", "fastapi", "decorator",
+                           "method", "decorator-async"}
+    for name, variants in groups.items():
+        assert {"bare", "instrument"} <= set(variants), name
+        if name in ("wsgi", "flask", "asgi", "starlette", "fastapi"):
+            assert {"floor", "instrument, request_id off"} <= set(variants), name
+        assert variants["bare"]["overhead_us"] == 0.0
+        for label, r in variants.items():
+            assert _positive(r["median_us"]) and _positive(r["min_us"]), (name, label)
+            assert r["min_us"] <= r["median_us"], (name, label)
+            assert math.isfinite(r["overhead_us"]) and _positive(r["ratio"]), (name, label)
+            assert r["rounds"] == data["rounds"] and r["number"] >= 20, (name, label)
+        kit = variants["instrument"]
+        assert kit["target_us"] == data["targets_us"][name]
+        assert kit["met"] == (kit["overhead_us"] <= kit["target_us"])
+    otel = _installed("opentelemetry.sdk") and _installed("opentelemetry.instrumentation.wsgi")
+    assert ("otel-wsgi" in groups["wsgi"]) == otel
+    peers = {"flask": ("prometheus_flask_exporter", "prometheus-flask-exporter"),
+             "starlette": ("starlette_exporter", "starlette-exporter"),
+             "fastapi": ("prometheus_fastapi_instrumentator",
+                         "prometheus-fastapi-instrumentator")}
+    for group, (module, label) in peers.items():
+        assert (label in groups[group]) == _installed(module), label
+    flusher = data["flusher"]
+    assert flusher["dropped"] == 0
+    assert flusher["samples_flushed"] > 0
+    assert flusher["rows_in_sqlite"] >= flusher["samples_flushed"]
+    assert "overhead us" in stdout and "instrument" in stdout
+
+
+def test_flusher_stores_every_sample_and_reports_rates(tmp_path: Path) -> None:
+    """flusher.py runs all six cases, every raw sample lands in SQLite, and --profile adds up."""
+    data, stdout = _run("flusher.py", tmp_path, "--samples", "3000", "--batch", "1000",
+                        "--profile")
+    results = data["results"]
+    assert [(r["case"], r["raw_rows"]) for r in results] == [
+        (case, raw) for raw in (True, False)
+        for case in ("aggregate", "aggregate+sqlite", "flusher")]
+    for r in results:
+        assert r["samples"] == 3000
+        assert _positive(r["samples_per_s"]) and _positive(r["us_per_sample"])
+        if r["case"] == "aggregate":
+            assert r["rows"] == {}
+            continue
+        raw_rows = r["rows"]["api_metrics"] + r["rows"]["call_metrics"]
+        assert raw_rows == (3000 if r["raw_rows"] else 0), r
+        assert r["rows"]["metric_rollups"] > 0 and r["rows"]["metric_rollup_buckets"] > 0
+    target = [r for r in results if r["target"] is not None]
+    assert [(r["case"], r["raw_rows"]) for r in target] == [("aggregate+sqlite", True)]
+    assert target[0]["met"] == (target[0]["samples_per_s"] >= data["target_samples_per_s"])
+    phases = {p["phase"]: p for p in data["profile"]}
+    assert {"(aggregate)", "api_metrics", "COMMIT", "(total aggregate+sqlite)"} <= set(phases)
+    parts = sum(p["us_per_sample"] for name, p in phases.items()
+                if not name.startswith(("floor", "(total")))
+    assert math.isclose(parts, phases["(total aggregate+sqlite)"]["us_per_sample"],
+                        rel_tol=1e-6)
+    assert _positive(phases["floor: plain 12-column INSERT, per row"]["us_per_sample"])
+    assert "samples/cpu-s" in stdout
+
+
+def test_memory_compares_a_bare_and_an_instrumented_child(tmp_path: Path) -> None:
+    """memory.py measures both children under both loads and judges only the steady one."""
+    data, stdout = _run("memory.py", tmp_path, "--seconds", "0.6", "--rate", "2000")
+    loads = data["loads"]
+    assert set(loads) == {"paced", "max"}
+    for name, entry in loads.items():
+        for side in ("bare", "kit"):
+            s = entry[side]
+            assert _positive(s["start_mb"]) and _positive(s["requests_per_s"]), (name, side)
+            assert s["start_mb"] <= s["peak_mb"] and s["steady_mb"] <= s["peak_mb"]
+        assert math.isclose(entry["delta_steady_mb"],
+                            entry["kit"]["steady_mb"] - entry["bare"]["steady_mb"])
+        assert entry["kit_stats"]["samples_flushed"] > 0
+    paced = loads["paced"]
+    assert paced["kit_stats"]["dropped"] == 0  # the flusher keeps up with a steady load
+    assert paced["met"] == (paced["delta_steady_mb"] < data["target_mb"])
+    assert "met" not in loads["max"]
+    assert "added MB" in stdout
