@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/scrape.py
 	$(PY) benchmarks/postgres.py
 	$(PY) benchmarks/summary.py
+	$(PY) benchmarks/soak.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check instrument tests benchmarks examples

@@ -19,7 +19,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._alert_rules import DEFAULT_RULE_NAMES, AlertRule, default_rules, rules_from_json
-from .config import ConfigError, Variable, _bool, _int_at_least, _positive_float, _str
+from .config import (
+    ConfigError,
+    Variable,
+    _bool,
+    _int_at_least,
+    _positive_float,
+    _str,
+    brief,
+    shown,
+)
 
 __all__ = [
     "ALERT_VARIABLES",
@@ -161,8 +170,8 @@ class AlertSettings:
                 try:
                     values[var.field] = var.cast(raw)
                 except ValueError as exc:
-                    shown = "(hidden)" if var.field in _SECRETS else repr(raw)
-                    raise ConfigError(f"Config {name!r} has value {shown}. {exc}") from None
+                    value = "(hidden)" if var.field in _SECRETS else shown(raw)
+                    raise ConfigError(f"Config {name!r} has value {value}. {brief(exc)}") from None
                 break
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in overrides.items():
@@ -250,8 +259,8 @@ def configured_rules(settings: AlertSettings) -> dict[str, AlertRule]:
             extra = rules_from_json(s.rules, every | rules, {
                 "cooldown_period": s.cooldown_period, "flap_window": s.flap_window})
         except ValueError as exc:
-            raise ConfigError(f"Config 'INSTRUMENT_ALERT_RULES' has value {s.rules!r}."
-                              f" {exc}") from None
+            raise ConfigError(f"Config 'INSTRUMENT_ALERT_RULES' has value {shown(s.rules)}."
+                              f" {brief(exc)}") from None
         rules |= {r.name: r for r in extra}
     for rule in rules.values():
         rule.send_resolved = s.send_resolved

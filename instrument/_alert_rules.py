@@ -172,6 +172,8 @@ def rules_from_json(raw: str, base: Mapping[str, AlertRule],
         items = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ValueError(f"Not valid JSON ({exc.msg} at position {exc.pos}).") from None
+    except RecursionError:
+        raise ValueError("Not usable JSON: nested too deeply.") from None
     if not isinstance(items, list):
         raise ValueError("Expected a JSON list of rule objects.")
     rules = []

@@ -3,11 +3,13 @@
 The request ends when the last body chunk has been sent, so Starlette
 background tasks, which run after that, do not count towards its duration.
 Bytes are counted on ``receive`` and ``send`` as they flow. WebSocket and
-lifespan scopes pass straight through.
+lifespan scopes pass straight through, except that the kit flushes before the
+server hears ``lifespan.shutdown.complete``.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from time import perf_counter
 from typing import Any
@@ -109,6 +111,8 @@ class InstrumentMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                send = _FlushOnShutdown(send)
             await self.app(scope, receive, send)
             return
         exclude = self._exclude
@@ -135,3 +139,23 @@ class InstrumentMiddleware:
                        ex.status, ex.qb, ex.rb, None, ex.disc))
         if tok is not None:
             leave(tok)
+
+
+class _FlushOnShutdown:
+    """Wraps a lifespan ``send``: flush what is buffered before shutdown is reported complete.
+
+    Some servers end the process without running ``atexit`` handlers once shutdown
+    completes (uvicorn >= 0.29 re-raises the SIGTERM it caught, with the default
+    handler back), so this is the last moment buffered samples can be saved.
+    """
+
+    __slots__ = ("_send",)
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            timeout = runtime.settings.shutdown_timeout if runtime.settings else 5.0
+            await asyncio.get_running_loop().run_in_executor(None, runtime.flush, timeout)
+        await self._send(message)

@@ -33,17 +33,34 @@ def _bool(raw: str) -> bool:
     raise ValueError("Not a valid boolean (use true/false, 1/0, yes/no, on/off).")
 
 
+#: Longest interval or timeout accepted (about 31 years): threads wait with these, and waits
+#: past ``threading.TIMEOUT_MAX`` (about 292 years) raise OverflowError inside the thread.
+_MAX_SECONDS = 1e9
+
+
+def shown(raw: Any) -> str:
+    """A value for an error message: its repr, cut short if it is long."""
+    text = repr(raw)
+    return text if len(text) <= 120 else f"{text[:100]}... ({len(str(raw))} characters)"
+
+
+def brief(reason: object) -> str:
+    """What was wrong, cut short: casts quote the parts of a value they refuse."""
+    text = str(reason)
+    return text if len(text) <= 300 else text[:280] + "... (cut)"
+
+
 def _positive_float(raw: str) -> float:
     try:
         value = float(raw)
     except ValueError:
         raise ValueError("Not a valid number.") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise ValueError("Expected a number greater than 0.")
+    if not 0 < value <= _MAX_SECONDS:  # also refuses nan and inf
+        raise ValueError(f"Expected a number greater than 0 and at most {_MAX_SECONDS:.0e}.")
     return value
 
 
-def _int_at_least(minimum: int) -> Callable[[str], int]:
+def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def cast(raw: str) -> int:
         try:
             value = int(raw.strip())
@@ -51,6 +68,8 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
             raise ValueError("Not a valid integer.") from None
         if value < minimum:
             raise ValueError(f"Expected an integer >= {minimum}.")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"Expected an integer from {minimum} to {maximum}.")
         return value
 
     return cast
@@ -86,6 +105,15 @@ def _str(raw: str) -> str:
     return raw.strip()
 
 
+def _label(raw: str) -> str:
+    value = _str(raw)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes in the environment: could never be stored
+        raise ValueError("Expected UTF-8 text (the value holds undecodable bytes).") from None
+    return value
+
+
 @dataclass(frozen=True)
 class Variable:
     """One environment variable: its field, names, parser, default and meaning."""
@@ -112,7 +140,7 @@ VARIABLES: tuple[Variable, ...] = (
              "Distinct route names kept per kind; the rest fold into `__overflow__`."),
     Variable("exclude_paths", "INSTRUMENT_EXCLUDE_PATHS", _path_list, (),
              "Comma-separated paths not recorded; an entry ending in `*` is a prefix."),
-    Variable("retention_days", "INSTRUMENT_RETENTION_DAYS", _int_at_least(1), 7,
+    Variable("retention_days", "INSTRUMENT_RETENTION_DAYS", _int_at_least(1, 3650), 7,
              "Days of raw rows and rollups kept in the store.", ("METRICS_RETENTION_DAYS",)),
     Variable("raw_rows", "INSTRUMENT_RAW_ROWS", _bool, True,
              "Keep one `api_metrics` row per request besides the per-minute rollups."),
@@ -136,7 +164,7 @@ VARIABLES += (
              "Where history goes: `sqlite` (the default: the file INSTRUMENT_METRICS_DB) or a"
              " `postgresql://user:password@host:5432/db` URL shared by a fleet"
              ' (`pip install "instrument-kit[postgres]"`).'),
-    Variable("instance", "INSTRUMENT_INSTANCE", _str, None,
+    Variable("instance", "INSTRUMENT_INSTANCE", _label, None,
              "Host label stored with every row and total (default: the machine's host name)."),
     Variable("prometheus", "INSTRUMENT_PROMETHEUS", _bool, False,
              "`true` makes the adapters answer INSTRUMENT_METRICS_PATH with the Prometheus"
@@ -146,6 +174,8 @@ VARIABLES += (
 )
 
 _BY_FIELD = {v.field: v for v in VARIABLES}
+#: Fields whose values never appear in an error message (a storage URL may hold a password).
+_SECRETS = frozenset({"dashboard_token", "storage"})
 
 
 @dataclass(frozen=True)
@@ -188,7 +218,9 @@ class Settings:
                 try:
                     values[var.field] = var.cast(raw)
                 except ValueError as exc:
-                    raise ConfigError(f"Config {name!r} has value {raw!r}. {exc}") from None
+                    value = "(hidden)" if var.field in _SECRETS else shown(raw)
+                    raise ConfigError(
+                        f"Config {name!r} has value {value}. {brief(exc)}") from None
                 break
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in overrides.items():
@@ -203,7 +235,9 @@ class Settings:
                 try:
                     value = option.cast(value if isinstance(value, str) else str(value))
                 except ValueError as exc:
-                    raise ConfigError(f"Option {key!r} has value {value!r}. {exc}") from None
+                    text = "(hidden)" if key in _SECRETS else shown(value)
+                    raise ConfigError(
+                        f"Option {key!r} has value {text}. {brief(exc)}") from None
             values[key] = value
         if "exclude_paths" in values:
             values["exclude_paths"] = tuple(values["exclude_paths"])

@@ -45,7 +45,10 @@ def test_bad_value_names_the_variable_and_the_value(var: Variable) -> None:
         Settings.from_env({var.name: bad})
     message = str(info.value)
     assert repr(var.name) in message
-    assert repr(bad) in message
+    if var.field in ("dashboard_token", "storage"):  # secrets: a URL may hold a password
+        assert "(hidden)" in message and (not bad.strip() or bad not in message)
+    else:
+        assert repr(bad) in message
 
 
 @pytest.mark.parametrize("var", [v for v in VARIABLES if v.aliases], ids=lambda v: v.name)

@@ -13,12 +13,15 @@ Error messages name the host only: webhook URLs carry secrets.
 from __future__ import annotations
 
 import email.utils
+import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import requests
 
+from .._suppress import suppressed
 from ._channel import DeliveryError, redact_url
 
 __all__ = ["HTTPClient", "parse_retry_after"]
@@ -38,6 +41,28 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when - (time.time() if now is None else now))
 
 
+_REQUEST_LINE = re.compile(r'"([A-Z]+) (\S+) (HTTP/[0-9.]+)"')
+
+
+class _HidePaths(logging.Filter):
+    """Cuts the path from urllib3's DEBUG request lines logged during the kit's own posts.
+
+    Slack and webhook URLs carry their token in the path; only records made while
+    the kit's suppress flag is set (alert delivery) are touched, never the app's.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if suppressed.get():
+            message = record.getMessage()
+            cut = _REQUEST_LINE.sub(lambda m: f'"{m.group(1)} /… {m.group(3)}"', message)
+            if cut != message:
+                record.msg, record.args = cut, ()
+        return True
+
+
+_hide_paths = _HidePaths()
+
+
 class HTTPClient:
     """POSTs JSON with the kit's retry policy; one instance (and Session) per channel."""
 
@@ -52,6 +77,9 @@ class HTTPClient:
         self.max_wait = max_wait
         self.sleep = sleep
         self.session = session or requests.Session()
+        urllib3_log = logging.getLogger("urllib3.connectionpool")
+        if _hide_paths not in urllib3_log.filters:
+            urllib3_log.addFilter(_hide_paths)
         self.session.headers["User-Agent"] = "instrument-kit alerts"
 
     def __repr__(self) -> str:

@@ -17,6 +17,7 @@ within that bound is lost. Log lines are stored; log search (FTS5) is SQLite's.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ from ._pg_write import (
 from ._sqlite_logs import log_rows
 from ._sqlite_metrics import COARSE_PERIODS, tier_rows
 from ._sqlite_totals import batch_rows
+from .sqlite import scrub
 
 try:
     import psycopg
@@ -117,7 +119,11 @@ class PostgreSQLBackend:
     def write(self, batch: Batch) -> None:
         conn = self._connection()
         try:
-            self._write(conn, batch)
+            try:
+                self._write(conn, batch)
+            except UnicodeEncodeError:  # lone surrogates: would fail on every retry
+                scrub(batch)
+                self._write(conn, batch)
         except psycopg.OperationalError:
             # Server restarted or network gone: reconnect on the flusher's retry.
             _close_quietly(conn)
@@ -126,7 +132,12 @@ class PostgreSQLBackend:
         now = time.monotonic()
         if now >= self._next_sweep:
             self._next_sweep = now + _RETENTION_EVERY
-            self.apply_retention()
+            try:
+                self.apply_retention()
+            except Exception as exc:  # the batch is committed: raising would write it twice
+                logging.getLogger("instrument").warning(
+                    "instrument: retention sweep failed, next try in %ds: %s",
+                    _RETENTION_EVERY, type(exc).__name__)
 
     def _write(self, conn: Any, batch: Batch) -> None:
         host = self.host()

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..backends._sqlite_schema import migrate
+from ..backends.sqlite import file_id
 
 __all__ = ["Connections", "columns", "latest_system"]
 
@@ -25,7 +26,8 @@ class Connections:
         self.path = os.path.abspath(path)
         self.timeout = timeout
         self.keep = keep
-        self._idle: list[tuple[sqlite3.Connection, bool]] = []
+        # (connection, (device, inode) of the file it reads, None for the empty stand-in)
+        self._idle: list[tuple[sqlite3.Connection, tuple[int, int] | None]] = []
         self._lock = threading.Lock()
 
     def _open(self) -> tuple[sqlite3.Connection, bool]:
@@ -43,10 +45,13 @@ class Connections:
         """A connection for one request, returned to the pool afterwards."""
         with self._lock:
             entry = self._idle.pop() if self._idle else None
-        if entry is not None and not entry[1] and os.path.exists(self.path):
-            entry[0].close()  # the file appeared: stop answering from the empty stand-in
+        current = file_id(self.path)
+        if entry is not None and entry[1] != current:
+            # The file appeared (stop answering from the empty stand-in), or was deleted or
+            # replaced (a connection would go on reading the unlinked one): open it afresh.
+            entry[0].close()
             entry = None
-        conn, real = entry if entry is not None else self._open()
+        conn, ident = entry if entry is not None else (self._open()[0], current)
         try:
             yield conn
         finally:
@@ -54,7 +59,7 @@ class Connections:
                 conn.execute("ROLLBACK")
             with self._lock:
                 if len(self._idle) < self.keep:
-                    self._idle.append((conn, real))
+                    self._idle.append((conn, ident))
                     conn = None  # type: ignore[assignment]
             if conn is not None:
                 conn.close()

@@ -1,0 +1,1 @@
+"""Reliability and security: load, injected faults, hostile input, secrets (issue 9)."""
