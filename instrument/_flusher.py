@@ -220,7 +220,7 @@ class Flusher:
             "alive": self.alive,
             "buffered": len(self.recorder.buf),
             "capacity": self.recorder.cap,
-            "dropped": self.recorder.dropped,
+            "dropped": self.recorder.dropped - self.drops_at_start,  # since this configure()
             "samples_flushed": self.samples_flushed,
             "flushes": self.flushes,
             "last_flush_at": self.last_flush_at,
