@@ -401,7 +401,7 @@ class TestStartupManager:
 
     def test_alert_manager_gets_the_alert_options(self) -> None:
         """alerts={...} reaches the alert manager, which runs and reads the collector."""
-        alerting = pytest.importorskip("instrument.alerting")
+        from instrument import alerting
         system = startup.initialize_monitoring_system(
             alerts={"check_interval": 0.05, "cooldown_period": 120})
         manager = system.alert_manager
