@@ -12,7 +12,6 @@ names; the ``INSTRUMENT_*`` name wins when both are set. A bad value raises
 from __future__ import annotations
 
 import dataclasses
-import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from .config import (
     _positive_float,
     _str,
     brief,
+    read_variables,
     shown,
 )
 
@@ -160,19 +160,7 @@ class AlertSettings:
     def from_env(cls, environ: Mapping[str, str] | None = None,
                  **overrides: Any) -> AlertSettings:
         """Read every variable from ``environ`` (default ``os.environ``); overrides win."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for var in ALERT_VARIABLES:
-            for name in (var.name, *var.aliases):
-                raw = env.get(name)
-                if raw is None:
-                    continue
-                try:
-                    values[var.field] = var.cast(raw)
-                except ValueError as exc:
-                    value = "(hidden)" if var.field in _SECRETS else shown(raw)
-                    raise ConfigError(f"Config {name!r} has value {value}. {brief(exc)}") from None
-                break
+        values = read_variables(ALERT_VARIABLES, environ, _SECRETS)
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in overrides.items():
             if key not in known:

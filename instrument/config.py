@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["VARIABLES", "ConfigError", "Settings", "Variable"]
+__all__ = ["VARIABLES", "ConfigError", "Settings", "Variable", "read_variables"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -178,6 +178,29 @@ _BY_FIELD = {v.field: v for v in VARIABLES}
 _SECRETS = frozenset({"dashboard_token", "storage"})
 
 
+def read_variables(variables: tuple[Variable, ...], environ: Mapping[str, str] | None,
+                   secrets: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+    """Parse every variable that is set, the prefixed name before its aliases.
+
+    A bad value raises ConfigError naming the variable and the value (``(hidden)``
+    for the fields in ``secrets``), cut short, with what was expected.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for var in variables:
+        for name in (var.name, *var.aliases):
+            raw = env.get(name)
+            if raw is None:
+                continue
+            try:
+                values[var.field] = var.cast(raw)
+            except ValueError as exc:
+                value = "(hidden)" if var.field in secrets else shown(raw)
+                raise ConfigError(f"Config {name!r} has value {value}. {brief(exc)}") from None
+            break
+    return values
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the kit reads at start-up; build it with :meth:`from_env`."""
@@ -208,20 +231,7 @@ class Settings:
 
         The ``INSTRUMENT_*`` name wins over the seed's alias when both are set.
         """
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for var in VARIABLES:
-            for name in (var.name, *var.aliases):
-                raw = env.get(name)
-                if raw is None:
-                    continue
-                try:
-                    values[var.field] = var.cast(raw)
-                except ValueError as exc:
-                    value = "(hidden)" if var.field in _SECRETS else shown(raw)
-                    raise ConfigError(
-                        f"Config {name!r} has value {value}. {brief(exc)}") from None
-                break
+        values = read_variables(VARIABLES, environ, _SECRETS)
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in overrides.items():
             if key not in known:
