@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-__all__ = ["Excludes"]
+__all__ = ["Excludes", "front"]
 
 
 class Excludes:
@@ -22,3 +23,28 @@ class Excludes:
 
     def __contains__(self, path: str) -> bool:
         return path in self.exact or (bool(self.prefixes) and path.startswith(self.prefixes))
+
+
+def front(app: Any, settings: Any, exclude_paths: Iterable[str] | None, *,
+          asgi: bool) -> tuple[Any, Excludes | None]:
+    """What answers the skipped paths, and the skip list (None when empty).
+
+    Skipped paths are never recorded: the user's excluded paths go straight to
+    ``app``; the kit's own ``/metrics`` and dashboard paths are answered in front of it.
+    None instead of an empty list spares the middlewares a ``__bool__`` call per request.
+    """
+    paths = list(settings.exclude_paths if exclude_paths is None else exclude_paths)
+    bypass = app
+    if settings.prometheus:
+        from ._exporter import MetricsASGI, MetricsWSGI
+
+        bypass = (MetricsASGI if asgi else MetricsWSGI)(app, settings.metrics_path)
+        paths.append(settings.metrics_path)
+    from .dashboard import PATHS, mounted
+
+    dashboard = mounted(settings, bypass, asgi=asgi)  # None until a token or public access
+    if dashboard is not None:
+        bypass = dashboard
+        paths.extend(PATHS)
+    excludes = Excludes(paths)
+    return bypass, (excludes if excludes else None)

@@ -16,7 +16,7 @@ from typing import Any
 
 from ._buffer import KIND_HTTP
 from ._context import asgi_enter, leave
-from ._excludes import Excludes
+from ._excludes import front
 from ._routes import RouteResolver
 from ._runtime import OFF, runtime
 from .types import ASGIApp, Message, Receive, Scope, Send
@@ -91,21 +91,8 @@ class InstrumentMiddleware:
         settings = runtime.ensure_started()
         self.app = app
         self._rec = runtime.recorder
-        paths = list(settings.exclude_paths if exclude_paths is None else exclude_paths)
-        self._bypass = app  # excluded paths go here, unrecorded
-        if settings.prometheus:  # the scrape path is answered in front of the app
-            from ._exporter import MetricsASGI
-
-            self._bypass = MetricsASGI(app, settings.metrics_path)
-            paths.append(settings.metrics_path)
-        from .dashboard import PATHS, mounted
-
-        front = mounted(settings, self._bypass, asgi=True)  # None until a token/public is set
-        if front is not None:  # /monitoring, /api/v1/monitoring/...: answered, not recorded
-            self._bypass = front
-            paths.extend(PATHS)
-        excludes = Excludes(paths)
-        self._exclude = excludes if excludes else None  # None: no __bool__ call per request
+        # excluded paths (and the kit's /metrics and dashboard) are answered, never recorded
+        self._bypass, self._exclude = front(app, settings, exclude_paths, asgi=True)
         self._resolve = RouteResolver(app)
         self._rid = settings.request_id
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from ._buffer import KIND_HTTP, Recorder
 from ._context import REQUEST_ID_HEADER, leave, wsgi_enter
-from ._excludes import Excludes
+from ._excludes import front
 from ._runtime import OFF, runtime
 from .types import StartResponse, WSGIApp, WSGIEnviron
 
@@ -169,21 +169,8 @@ class InstrumentMiddleware:
         settings = runtime.ensure_started()
         self.app = app
         self._rec = runtime.recorder
-        paths = list(settings.exclude_paths if exclude_paths is None else exclude_paths)
-        self._bypass = app  # excluded paths go here, unrecorded
-        if settings.prometheus:  # the scrape path is answered in front of the app
-            from ._exporter import MetricsWSGI
-
-            self._bypass = MetricsWSGI(app, settings.metrics_path)
-            paths.append(settings.metrics_path)
-        from .dashboard import PATHS, mounted
-
-        front = mounted(settings, self._bypass)  # None until a token or public access is set
-        if front is not None:  # /monitoring, /api/v1/monitoring/...: answered, not recorded
-            self._bypass = front
-            paths.extend(PATHS)
-        excludes = Excludes(paths)
-        self._exclude = excludes if excludes else None  # None: no __bool__ call per request
+        # excluded paths (and the kit's /metrics and dashboard) are answered, never recorded
+        self._bypass, self._exclude = front(app, settings, exclude_paths, asgi=False)
         self._rid = settings.request_id
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
