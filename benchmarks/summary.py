@@ -101,7 +101,9 @@ def generate(path: str, requests: int, *, raw: bool, seed: int = 7,
                     pending.requests.append((iso_utc(ts), name, method, status, ms, 200, 1500,
                                              err, ms * 0.5, None, 0, os.getpid()))
         for half in (0.0, 30.0):  # a system reading and the app gauges every 30 s
-            ts = t_lo + half
+            # Late in each 30 s slot: the 24 h window of a query made some seconds after
+            # generation must still hold the oldest reading (one at `start` falls out).
+            ts = t_lo + half + 29.0
             pending.other.setdefault("system", []).append(("system", ts, {
                 "cpu_percent": 20 + 30 * shape[m] * rand(), "memory_percent": 40 + 10 * rand(),
                 "disk_usage_percent": 55.0, "disk_free_gb": 90.0, "network_bytes_sent":
