@@ -21,6 +21,13 @@ def _isolated_kit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
             monkeypatch.delenv(name)
     monkeypatch.setenv("INSTRUMENT_METRICS_DB", str(tmp_path / "metrics.db"))
     yield
+    # Stop the kit's other threads too: a later test that forks must not inherit a thread
+    # that was inside SQLite at the moment of the fork (its locks stay held in the child).
+    from instrument.alerting import reset_alert_manager
+    from instrument.metrics_collector import reset_metrics_collector
+
+    reset_alert_manager()
+    reset_metrics_collector()
     runtime.shutdown(5.0)
 
 
