@@ -24,6 +24,7 @@ from typing import Any
 from ._aggregate import iso_utc
 from ._alert_schema import SCHEMA
 from ._alert_state import Alert, AlertStatus, RuleState
+from ._forkguard import sqlite_section
 
 __all__ = ["AlertStore", "Outgoing"]
 
@@ -71,7 +72,8 @@ class AlertStore:
         self.timeout = timeout
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = self._open()
+        with sqlite_section():
+            self._conn = self._open()
         self._pid = os.getpid()
         self._inherited: list[sqlite3.Connection] = []
         self._data_version: int | None = None
@@ -88,16 +90,21 @@ class AlertStore:
 
     @contextmanager
     def _use(self) -> Iterator[None]:
-        """Hold the lock; after a fork, first swap in a connection (and lock) of our own."""
-        if self._pid != os.getpid():
-            # SQLite connections must not cross fork; the parent's is kept, never closed here.
-            self._inherited.append(self._conn)
-            self._lock = threading.Lock()
-            self._conn = self._open()
-            self._pid = os.getpid()
-            self._data_version = None
-        with self._lock:
-            yield
+        """Hold the lock; after a fork, first swap in a connection (and lock) of our own.
+
+        The fork guard's section comes first, outside the lock: a thread that waits for a
+        fork to finish must not hold the lock a thread inside its section may wait for.
+        """
+        with sqlite_section():
+            if self._pid != os.getpid():
+                # SQLite connections must not cross fork; the parent's is kept, never closed.
+                self._inherited.append(self._conn)
+                self._lock = threading.Lock()
+                self._conn = self._open()
+                self._pid = os.getpid()
+                self._data_version = None
+            with self._lock:
+                yield
 
     def __repr__(self) -> str:
         return f"AlertStore(path={self.path!r})"

@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from ._aggregate import iso_utc
+from ._forkguard import sqlite_section
 from .backends._sqlite_totals import read_totals
 
 __all__ = ["PostgreSQLSource", "SQLiteSource", "Snapshot", "Source", "source_for"]
@@ -73,6 +74,10 @@ class SQLiteSource(Source):
         self.host = host
 
     def read(self) -> Snapshot:
+        with sqlite_section():  # no fork while this thread is inside SQLite (see _forkguard)
+            return self._read_file()
+
+    def _read_file(self) -> Snapshot:
         snap = Snapshot()
         try:
             conn = sqlite3.connect(f"file:{os.path.abspath(self.path)}?mode=ro", uri=True,

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="serve the instrumented apps for exploring by hand until Ctrl-C")
     dash = sub.add_parser("dashboard", help="serve the dashboard and REST API over the SQLite"
                           " files (needs INSTRUMENT_DASHBOARD_TOKEN or --public)")
-    dash.add_argument("--db", default=None, help="metrics file (default: INSTRUMENT_METRICS_DB)")
+    dash.add_argument("--db", default=None, help="metrics file or postgresql:// URL (default:"
+                      " INSTRUMENT_STORAGE if a URL, else INSTRUMENT_METRICS_DB)")
     dash.add_argument("--alerts-db", default=None,
                       help="alerts file (default: INSTRUMENT_ALERTS_DB)")
     dash.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")

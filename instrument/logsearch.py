@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ._aggregate import iso_utc
+from ._forkguard import sqlite_section
 
 __all__ = ["LogQueryError", "request_logs", "search_logs"]
 
@@ -77,19 +78,20 @@ def _minute(iso: str) -> int:
 
 @contextmanager
 def _connection(db: Database) -> Iterator[sqlite3.Connection]:
-    if isinstance(db, sqlite3.Connection):
-        yield db
-        return
-    path = os.fspath(db)
-    if not os.path.exists(path):
-        raise FileNotFoundError(path)
-    conn = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro", uri=True, timeout=5.0,
-                           check_same_thread=False)
-    try:
-        conn.execute("PRAGMA busy_timeout = 5000")
-        yield conn
-    finally:
-        conn.close()
+    with sqlite_section():  # no fork while this thread is inside SQLite (see _forkguard)
+        if isinstance(db, sqlite3.Connection):
+            yield db
+            return
+        path = os.fspath(db)
+        if not os.path.exists(path):
+            raise FileNotFoundError(path)
+        conn = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro", uri=True, timeout=5.0,
+                               check_same_thread=False)
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            yield conn
+        finally:
+            conn.close()
 
 
 def search_logs(db: Database, *, text: str | None = None, level: int | str | None = None,
@@ -102,7 +104,16 @@ def search_logs(db: Database, *, text: str | None = None, level: int | str | Non
     that logger and its children (``"app"`` matches ``"app.db"``, not ``"apple"``).
     ``since`` is inclusive and ``until`` exclusive; both take a datetime (naive
     means UTC), epoch seconds or ISO 8601 text. ``extra`` comes back parsed.
+    ``db`` may also be a PostgreSQL store (URL or ``PgQueryConnection``): see
+    ``backends/_pg_logsearch.py``.
     """
+    from .backends import _pg_logsearch
+
+    if _pg_logsearch.handles(db):
+        return _pg_logsearch.search_logs(db, text=text, level=level, logger=logger,
+                                         request_id=request_id, since=since, until=until,
+                                         limit=limit, before_id=before_id,
+                                         newest_first=newest_first)
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise LogQueryError(f"limit must be a positive integer, not {limit!r}.")
     limit = min(limit, _MAX_LIMIT)

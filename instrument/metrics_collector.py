@@ -16,6 +16,7 @@ parent's thread does not exist in the child.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -29,6 +30,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from . import queries
+from ._forkguard import sqlite_section
 from ._runtime import ON, runtime
 from ._system import SYSTEM_COLUMNS, SystemMetrics, SystemReader
 
@@ -233,18 +235,27 @@ class MetricsCollector:
         return [m for m in list(self.system_metrics) if m.timestamp >= cutoff]
 
     def _store(self) -> sqlite3.Connection | None:
+        """The store summaries and alert rules read: the SQLite file, or with
+        ``INSTRUMENT_STORAGE=postgresql://...`` the fleet's database (every host's rows)."""
         path = self._options["db_path"]
         if path is None:
             from .backends.sqlite import SQLiteBackend
 
-            runtime.ensure_started()
-            path = next((b.path for b in runtime.backends if isinstance(b, SQLiteBackend)), None)
+            settings = runtime.ensure_started()
+            path = settings.storage or next(
+                (b.path for b in runtime.backends if isinstance(b, SQLiteBackend)), None)
         if path is None:
             return None
-        if self._conn is None or self._conn[0] != path:
+        if self._conn is None or self._conn[0] != path or \
+                not getattr(self._conn[1], "usable", True):  # a PostgreSQL server went away
+            from .backends._pg_read import PgQueryConnection, is_pg_url
             from .backends.sqlite import connect
 
-            self._conn = (path, connect(path))
+            if self._conn is not None and self._conn[0] == path:
+                with contextlib.suppress(Exception):
+                    self._conn[1].close()
+            conn: Any = PgQueryConnection.open(path) if is_pg_url(path) else connect(path)
+            self._conn = (path, conn)
         return self._conn[1]
 
     def get_metrics_summary(self, hours: float = 24) -> dict[str, Any]:
@@ -286,7 +297,8 @@ class MetricsCollector:
             reader.close()
         conn, self._conn = self._conn, None
         if conn is not None:
-            conn[1].close()
+            with sqlite_section():
+                conn[1].close()
 
 
 _collector: MetricsCollector | None = None

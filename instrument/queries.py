@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import Any, Union
 
 from ._aggregate import iso_utc
+from ._forkguard import sqlite_section
 from ._tiers import FOREVER, PCT_KEYS, SUMS, bounds, covered, histograms, latency, plan, rollups
 from .backends._sqlite_metrics import COARSE_PERIODS, hist_low, hist_value
 
@@ -47,27 +48,29 @@ Database = Union[sqlite3.Connection, str, "os.PathLike[str]"]
 
 def open_readonly(path: str | os.PathLike[str], timeout: float = 5.0) -> sqlite3.Connection:
     """A read-only connection that waits for writers instead of failing."""
-    conn = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro", uri=True, timeout=timeout,
-                           isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000):d}")
+    with sqlite_section():
+        conn = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro", uri=True,
+                               timeout=timeout, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000):d}")
     return conn
 
 
 @contextmanager
 def _db(db: Database) -> Iterator[sqlite3.Connection]:
-    if not isinstance(db, (str, os.PathLike)):  # an open connection: SQLite, or PostgreSQL
-        yield db  # through backends._pg_read.PgQueryConnection, which speaks this SQL
-        return
-    if str(db).startswith(("postgresql://", "postgres://")):
-        from .backends._pg_read import PgQueryConnection
+    with sqlite_section():  # no fork while this thread is inside SQLite (see _forkguard)
+        if not isinstance(db, (str, os.PathLike)):  # an open connection: SQLite, or PostgreSQL
+            yield db  # through backends._pg_read.PgQueryConnection, which speaks this SQL
+            return
+        if str(db).startswith(("postgresql://", "postgres://")):
+            from .backends._pg_read import PgQueryConnection
 
-        conn: Any = PgQueryConnection.open(str(db))
-    else:
-        conn = open_readonly(db)
-    try:
-        yield conn
-    finally:
-        conn.close()
+            conn: Any = PgQueryConnection.open(str(db))
+        else:
+            conn = open_readonly(db)
+        try:
+            yield conn
+        finally:
+            conn.close()
 
 
 def _stats(count: int, errors: int, sum_ms: float, max_ms: float | None, ttfb: float, qb: int,

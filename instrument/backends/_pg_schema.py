@@ -4,9 +4,10 @@ Table and column names, the TEXT ISO-8601 timestamps and the histogram blob
 layout are the SQLite backend's (``_sqlite_schema.py`` migrations 1 to 4), so
 :mod:`instrument.queries` answers the same questions from either store. The
 differences are PostgreSQL types (``bigint`` identities, ``double precision``,
-``bytea``), no full-text index on ``logs``, and ``host`` in every table and in
-the primary key of every rollup, tier and total, so a fleet writing one
-database keeps each machine's rows apart while summaries add them up.
+``bytea``), a GIN full-text index on ``logs`` instead of FTS5 (migration 2), and
+``host`` in every table and in the primary key of every rollup, tier and total,
+so a fleet writing one database keeps each machine's rows apart while summaries
+add them up.
 
 ``instrument_hist_merge(old, new)`` merges two histogram blobs inside the
 upsert, as the Python function of the same name does for SQLite. Versions live
@@ -233,6 +234,18 @@ MIGRATIONS: list[str] = [
         FROM r CROSS JOIN generate_series(r.lo, r.hi) AS g LEFT JOIN s ON s.bucket = g
         GROUP BY r.lo
     $$;
+    """,
+    # 2: what the read side needs on a fleet. Log search (backends/_pg_logsearch.py): a GIN
+    # full-text index over message and exception with the 'simple' configuration (no
+    # stemming, no stop words: the nearest to SQLite's FTS5 unicode61), and the level and
+    # logger indexes SQLite has. The dashboard's system-series cache finds rows stored since
+    # its last look by created_at (ids of concurrent writers do not commit in order).
+    """
+    CREATE INDEX IF NOT EXISTS idx_logs_fts ON logs USING gin
+        (to_tsvector('simple'::regconfig, message || ' ' || coalesce(exception, '')));
+    CREATE INDEX IF NOT EXISTS idx_logs_logger ON logs(logger);
+    CREATE INDEX IF NOT EXISTS idx_logs_levelno ON logs(levelno);
+    CREATE INDEX IF NOT EXISTS idx_system_metrics_created_at ON system_metrics(created_at);
     """,
 ]
 

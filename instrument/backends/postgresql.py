@@ -12,7 +12,8 @@ key so that writers sharing rows lock them in the same order and never
 deadlock. When the server goes away the connection is dropped and the error
 handed to the flusher, which keeps the batch (up to its bound of pending
 batches) and retries it with backoff on a new connection: nothing buffered
-within that bound is lost. Log lines are stored; log search (FTS5) is SQLite's.
+within that bound is lost. Log lines are stored and searchable (a GIN full-text
+index, ``_pg_logsearch.py``).
 """
 
 from __future__ import annotations
@@ -159,8 +160,8 @@ class PostgreSQLBackend:
             _copy(cur, "app_metrics", _APP_COLUMNS,
                   [(iso_utc(s[1]), s[2], s[3], s[4], s[5]) for s in other.get("app", ())], host)
             logs = other.get("log")
-            if logs:
-                _copy(cur, "logs", _LOG_COLUMNS, log_rows(logs), host)
+            if logs:  # in time order, as SQLite stores them: ids page newest-first by time
+                _copy(cur, "logs", _LOG_COLUMNS, log_rows(sorted(logs, key=_created)), host)
             self._write_totals(cur, batch, host)
 
     def _write_totals(self, cur: Any, batch: Batch, host: str) -> None:
@@ -208,6 +209,10 @@ def _copy(cur: Any, table: str, columns: str, rows: Sequence[tuple[Any, ...]], h
         write = copy.write_row
         for row in rows:
             write((*row, host))
+
+
+def _created(sample: tuple[Any, ...]) -> float:
+    return float(sample[1])
 
 
 def _close_quietly(conn: Any) -> None:

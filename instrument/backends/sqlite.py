@@ -12,12 +12,12 @@ import functools
 import logging
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .._aggregate import Batch, iso_utc
+from .._forkguard import sqlite_section
 from ._sqlite_logs import delete_logs_before, write_logs
 from ._sqlite_metrics import delete_metrics_before, register, write_app, write_system, write_tiers
 from ._sqlite_schema import migrate
@@ -29,37 +29,24 @@ _RETENTION_EVERY = 600.0  # seconds between retention sweeps
 log = logging.getLogger("instrument")
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-# os.fork() waits for this lock, so no write transaction is open when a process forks. A
-# child forked mid-transaction keeps the parent's connection alive (the dead flusher
-# thread's frame still references it) together with SQLite's in-process lock bookkeeping
-# for the file, and its own new connection then finds the database locked forever.
-_fork_guard = [threading.RLock()]
-_guard_pid = [os.getpid()]
 # Connections a child inherited: kept referenced forever, because closing them in the child
 # would run SQLite's close path (WAL checkpoint, lock release) on the parent's behalf.
 _inherited: list[sqlite3.Connection] = []
 
 
-def _reinit_fork_guard() -> None:
-    # Called by this module's at-fork hook and by SQLiteBackend.reset_after_fork, in either
-    # order (the runtime's hook may start the child's flusher first): replace once per pid.
-    if _guard_pid[0] != os.getpid():
-        _guard_pid[0] = os.getpid()
-        _fork_guard[0] = threading.RLock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=lambda: _fork_guard[0].acquire(),
-                        after_in_parent=lambda: _fork_guard[0].release(),
-                        after_in_child=_reinit_fork_guard)
-
-
 def _no_fork_inside(method: _F) -> _F:
+    # os.fork() waits until no thread is inside a section (see _forkguard), so no write
+    # transaction is open when a process forks. A child forked mid-transaction keeps the
+    # parent's connection alive (the dead flusher thread's frame still references it)
+    # together with SQLite's in-process lock bookkeeping for the file, and its own new
+    # connection then finds the database locked forever.
     @functools.wraps(method)
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        with _fork_guard[0]:
+        with sqlite_section():
             return method(*args, **kwargs)
     return guarded  # type: ignore[return-value]
+
+
 _DELETE_CHUNK = 20_000
 
 _INSERT_REQUEST = (
@@ -87,6 +74,7 @@ _UPSERT_BUCKET = (
 )
 
 
+@_no_fork_inside
 def connect(path: str, *, timeout: float = 5.0, readonly: bool = False) -> sqlite3.Connection:
     """Open (and migrate) a metrics database with the pragmas every writer uses."""
     if not readonly:
@@ -160,7 +148,6 @@ class SQLiteBackend:
         if self._conn is None or self._pid != os.getpid():
             # A connection inherited through fork must not be used (or closed) by the child.
             if self._conn is not None:
-                _reinit_fork_guard()
                 _inherited.append(self._conn)
             self._pid = os.getpid()
             self._conn = connect(self.path, timeout=self.timeout)
@@ -183,7 +170,6 @@ class SQLiteBackend:
         return self._conn
 
     def reset_after_fork(self) -> None:
-        _reinit_fork_guard()
         if self._conn is not None:
             _inherited.append(self._conn)
         self._conn = None
@@ -266,4 +252,5 @@ class SQLiteBackend:
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and self._pid == os.getpid():
-            conn.close()
+            with sqlite_section():
+                conn.close()

@@ -1,6 +1,7 @@
 """The dashboard and REST API: ``/monitoring`` and ``/api/v1/monitoring/...``.
 
-Three ways to serve it, all over the same SQLite files:
+Three ways to serve it, all over the same SQLite files, or over the fleet's
+PostgreSQL database when ``INSTRUMENT_STORAGE`` names one:
 
 - inside an instrumented app: the WSGI and ASGI middlewares answer the
   dashboard's paths themselves (:func:`mounted`), without recording them;
@@ -79,13 +80,14 @@ def for_settings(settings: Settings, *, environ: Mapping[str, str] | None = None
     from ._app import Dashboard
 
     alerts_db = alerts_db_path(environ)
-    key = (settings.metrics_db, alerts_db, settings.dashboard_token, settings.dashboard_public,
+    store = settings.storage or settings.metrics_db
+    key = (store, alerts_db, settings.dashboard_token, settings.dashboard_public,
            in_process, os.getpid())
     with _shared_lock:
         dashboard = _shared.get(key)
         if dashboard is None:
             dashboard = _shared[key] = Dashboard(
-                settings.metrics_db, alerts_db=alerts_db, token=settings.dashboard_token,
+                store, alerts_db=alerts_db, token=settings.dashboard_token,
                 public=settings.dashboard_public, in_process=in_process,
                 collection_interval=settings.collection_interval)
             dashboard.log_status()
@@ -119,7 +121,7 @@ def _build(dashboard: Dashboard | None, options: dict[str, Any]) -> Dashboard:
         return dashboard
     if options:
         settings = Settings.from_env()
-        options.setdefault("metrics_db", settings.metrics_db)
+        options.setdefault("metrics_db", settings.storage or settings.metrics_db)
         options.setdefault("token", settings.dashboard_token)
         options.setdefault("public", settings.dashboard_public)
         options.setdefault("alerts_db", alerts_db_path())

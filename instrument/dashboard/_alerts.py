@@ -17,6 +17,8 @@ import sqlite3
 import threading
 from typing import Any
 
+from .._forkguard import sqlite_section
+
 __all__ = ["AlertsView", "Conflict"]
 
 _ALERT_COLUMNS = ("id", "name", "description", "severity", "status", "created_at", "updated_at",
@@ -44,20 +46,21 @@ class AlertsView:
         if not self.available:
             return []
         # A connection per call: alert reads are rare and small, and servers may run
-        # every request on a new thread.
-        conn = sqlite3.connect(f"file:{os.path.abspath(self.path)}?mode=ro", uri=True,
-                               timeout=5.0, check_same_thread=False)
-        try:
-            conn.execute("PRAGMA busy_timeout = 5000")
-            cur = conn.execute(sql, args)
-            names = [d[0] for d in cur.description]
-            rows = cur.fetchall()
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc) or "no such column" in str(exc):
-                return []
-            raise
-        finally:
-            conn.close()
+        # every request on a new thread. No fork while it is open (see _forkguard).
+        with sqlite_section():
+            conn = sqlite3.connect(f"file:{os.path.abspath(self.path)}?mode=ro", uri=True,
+                                   timeout=5.0, check_same_thread=False)
+            try:
+                conn.execute("PRAGMA busy_timeout = 5000")
+                cur = conn.execute(sql, args)
+                names = [d[0] for d in cur.description]
+                rows = cur.fetchall()
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc) or "no such column" in str(exc):
+                    return []
+                raise
+            finally:
+                conn.close()
         out = []
         for row in rows:
             item = dict(zip(names, row, strict=True))

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from .._aggregate import iso_utc
+from ._pgstore import is_pg
 
 __all__ = ["FAILING_AFTER", "DropWatch", "from_store", "in_process", "merge"]
 
@@ -86,10 +87,12 @@ def from_store(conn: sqlite3.Connection | None, interval: float, now: float
         row = conn.execute("SELECT MAX(timestamp) FROM system_metrics").fetchone()
         facts["last_system_reading"] = row[0]
         since = iso_utc(now - _RECENT)
+        # On a fleet's store pids repeat across machines (pid 1 in every container).
+        who = "host || ':' || pid" if is_pg(conn) else "pid"
         rows = conn.execute(
-            "SELECT pid, MAX(kit_dropped) - MIN(kit_dropped), MAX(kit_backend_errors)"
+            f"SELECT {who}, MAX(kit_dropped) - MIN(kit_dropped), MAX(kit_backend_errors)"
             " - MIN(kit_backend_errors) FROM system_metrics WHERE timestamp >= ?"
-            " GROUP BY pid", (since,)).fetchall()
+            " GROUP BY 1", (since,)).fetchall()
     except sqlite3.OperationalError:  # an older file without these tables or columns
         return reasons, facts
     for pid, dropped, errors in rows:

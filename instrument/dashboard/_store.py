@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .._forkguard import sqlite_section
 from ..backends._sqlite_schema import migrate
 from ..backends.sqlite import file_id
 
@@ -42,33 +43,39 @@ class Connections:
 
     @contextmanager
     def connection(self) -> Iterator[sqlite3.Connection]:
-        """A connection for one request, returned to the pool afterwards."""
-        with self._lock:
-            entry = self._idle.pop() if self._idle else None
-        current = file_id(self.path)
-        if entry is not None and entry[1] != current:
-            # The file appeared (stop answering from the empty stand-in), or was deleted or
-            # replaced (a connection would go on reading the unlinked one): open it afresh.
-            entry[0].close()
-            entry = None
-        conn, ident = entry if entry is not None else (self._open()[0], current)
-        try:
-            yield conn
-        finally:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+        """A connection for one request, returned to the pool afterwards.
+
+        The whole request runs in a fork-guard section (see ``_forkguard``): a fork waits
+        for it, so no cursor of this thread is mid-read when the process forks.
+        """
+        with sqlite_section():
             with self._lock:
-                if len(self._idle) < self.keep:
-                    self._idle.append((conn, ident))
-                    conn = None  # type: ignore[assignment]
-            if conn is not None:
-                conn.close()
+                entry = self._idle.pop() if self._idle else None
+            current = file_id(self.path)
+            if entry is not None and entry[1] != current:
+                # The file appeared (stop answering from the empty stand-in), or was deleted or
+                # replaced (a connection would go on reading the unlinked one): open it afresh.
+                entry[0].close()
+                entry = None
+            conn, ident = entry if entry is not None else (self._open()[0], current)
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                with self._lock:
+                    if len(self._idle) < self.keep:
+                        self._idle.append((conn, ident))
+                        conn = None  # type: ignore[assignment]
+                if conn is not None:
+                    conn.close()
 
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-        for conn, _ in idle:
-            conn.close()
+        with sqlite_section():
+            for conn, _ in idle:
+                conn.close()
 
 
 def columns(conn: sqlite3.Connection, table: str) -> set[str]:

@@ -6,6 +6,12 @@ only the rows with an id above the last one seen are looked at: their
 timestamps name the slots that changed, and only those slots (plus slots never
 computed) are read again. A late batch written with old timestamps therefore
 still shows up. Retention deletes only rows older than any window shown.
+
+On a fleet's PostgreSQL store ids of concurrent writers do not become visible
+in order, so new rows are found by ``created_at`` (the server's clock) from ten
+minutes before the previous look, far longer than any write transaction; and
+slots are grouped per host, then added up, so that network byte rates are each
+machine's counter deltas summed, never one machine's counter minus another's.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .._aggregate import iso_utc
+from ._pgstore import is_pg
 
 __all__ = ["AVERAGED", "SystemCache"]
 
@@ -24,6 +31,8 @@ AVERAGED = ("cpu_percent", "memory_percent", "memory_used_mb", "disk_usage_perce
             "active_connections", "process_rss_mb", "process_cpu_percent")
 _SLOT = "(CAST(strftime('%s', timestamp) AS INTEGER) / ?) * ?"
 _MAX_SLOTS = 20_000
+_PG_HORIZON = ("SELECT to_char(timezone('UTC', now()) - interval '10 minutes',"
+               " 'YYYY-MM-DD HH24:MI:SS')")
 
 
 def _epoch(iso: str | None) -> float | None:
@@ -51,17 +60,23 @@ class SystemCache:
         """
         names = tuple(c for c in AVERAGED if c in columns)
         key = (step, names)
+        pg = is_pg(conn)
         conn.execute("BEGIN")
         try:
-            top = conn.execute("SELECT MAX(id) FROM system_metrics").fetchone()[0] or 0
+            if pg:
+                top: Any = conn.execute(_PG_HORIZON).fetchone()[0]
+                since = "created_at >= ?"
+            else:
+                top = conn.execute("SELECT MAX(id) FROM system_metrics").fetchone()[0] or 0
+                since = "id > ?"
             with self._lock:
                 cache = self._slots.setdefault(key, {})
                 seen = self._seen.get(key)
                 if seen is not None and top < seen:
                     cache.clear()  # the table was emptied or replaced
-                elif seen is not None and top > seen:
+                elif seen is not None and (pg or top > seen):
                     for (slot,) in conn.execute(
-                            f"SELECT DISTINCT {_SLOT} FROM system_metrics WHERE id > ?",
+                            f"SELECT DISTINCT {_SLOT} FROM system_metrics WHERE {since}",
                             (step, step, seen)):
                         cache.pop(slot, None)
                 missing = [s for s in range(lo, hi, step) if s not in cache]
@@ -70,11 +85,13 @@ class SystemCache:
             sql = (f"SELECT {_SLOT}, COUNT(*){avgs}, MIN(network_bytes_sent),"
                    " MAX(network_bytes_sent), MIN(network_bytes_recv), MAX(network_bytes_recv),"
                    " MIN(timestamp), MAX(timestamp) FROM system_metrics"
-                   " WHERE timestamp >= ? AND timestamp < ? GROUP BY 1")
+                   f" WHERE timestamp >= ? AND timestamp < ? GROUP BY 1{', host' if pg else ''}")
             for first, last in _runs(missing, step):
                 for row in conn.execute(sql, (step, step, iso_utc(first), iso_utc(last))):
                     if row[0] in fresh:
-                        fresh[row[0]] = _slot_row(row[1:], len(names))
+                        part = _slot_row(row[1:], len(names))
+                        had = fresh[row[0]]
+                        fresh[row[0]] = part if had is None else _add_rows(had, part)
         finally:
             conn.execute("COMMIT")
         with self._lock:
@@ -142,6 +159,22 @@ def _slot_row(agg: tuple[Any, ...], n: int) -> tuple[Any, ...]:
             recv = (r_max - r_min) / (t1 - t0)
     triples = tuple(tuple(agg[1 + 3 * j: 4 + 3 * j]) for j in range(n))
     return (agg[0], triples, sent, recv)
+
+
+def _add_rows(a: tuple[Any, ...], b: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Two hosts' rows of one slot as one: readings and rates added, averages weighted."""
+    triples = []
+    for (avg_a, max_a, n_a), (avg_b, max_b, n_b) in zip(a[1], b[1], strict=True):
+        if not n_a or not n_b:
+            triples.append((avg_a, max_a, n_a) if n_a else (avg_b, max_b, n_b))
+        else:
+            triples.append(((avg_a * n_a + avg_b * n_b) / (n_a + n_b), max(max_a, max_b),
+                            n_a + n_b))
+    return (a[0] + b[0], tuple(triples), _plus(a[2], b[2]), _plus(a[3], b[3]))
+
+
+def _plus(x: float | None, y: float | None) -> float | None:
+    return y if x is None else x if y is None else x + y
 
 
 def _runs(slots: list[int], step: int) -> list[tuple[int, int]]:

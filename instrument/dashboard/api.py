@@ -1,9 +1,11 @@
 """The REST API under ``/api/v1/monitoring/``: pure request -> response handlers over the store.
 
 Nothing here knows about WSGI, ASGI or sockets, and nothing writes the metrics
-file. Summaries and the per-route table come from :mod:`instrument.queries`;
-time series from the minute and hour tiers (:mod:`._series`); alerts from the
-alert manager's file; logs from :mod:`instrument.logsearch`. A bad parameter
+store: a SQLite file, or a fleet's PostgreSQL database (:mod:`._pgstore`), read
+with the same SQL. Summaries and the per-route table come from
+:mod:`instrument.queries`; time series from the minute and hour tiers
+(:mod:`._series`); alerts from the alert manager's file; logs from
+:mod:`instrument.logsearch`. A bad parameter
 is a 400 naming it; an unexpected failure is a 500 with no details (they go to
 the ``instrument`` logger), never a stack trace in the response.
 """
@@ -24,8 +26,9 @@ from . import _params as p
 from ._alerts import AlertsView, Conflict
 from ._http import BadRequest, Request, Response, json_response, problem
 from ._openapi import OPENAPI
+from ._pgstore import columns, has_table, open_connections, unavailable
 from ._series import METRICS, HistogramCache, request_series
-from ._store import Connections, columns, latest_system
+from ._store import latest_system
 from ._syscache import SystemCache
 
 __all__ = ["MonitoringAPI"]
@@ -63,7 +66,7 @@ class MonitoringAPI:
 
     def __init__(self, metrics_db: str, *, alerts_db: str | None = None, in_process: bool = False,
                  collection_interval: float = 30.0, clock: Callable[[], float] = time.time) -> None:
-        self.db = Connections(metrics_db)
+        self.db = open_connections(metrics_db)  # a file, or a postgresql:// URL
         self.alerts = AlertsView(alerts_db) if alerts_db else None
         self.in_process = in_process
         self.collection_interval = collection_interval
@@ -112,7 +115,11 @@ class MonitoringAPI:
                                     " version to upgrade it.")
             log.exception("instrument dashboard: query failed for %s", sub)
             return problem(500, "The query failed; details are in the server log.")
-        except Exception:
+        except Exception as exc:
+            message = unavailable(exc)
+            if message is not None:
+                log.warning("instrument dashboard: %s: %s", sub, type(exc).__name__)
+                return problem(503, message, [("Retry-After", "1")])
             log.exception("instrument dashboard: %s failed", sub)
             return problem(500, "Unexpected error; details are in the server log.")
 
@@ -255,7 +262,7 @@ class MonitoringAPI:
             from ..logsearch import LogQueryError, search_logs
         except ImportError:  # pragma: no cover - the log search module ships with the kit
             return json_response({"available": False, "logs": []})
-        if "logs" not in {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}:
+        if not has_table(conn, "logs"):
             return json_response({"available": False, "logs": []})
         limit = p.integer(q, "limit", 100, low=1, high=1000) or 100
         before = p.integer(q, "before_id", None, low=1, high=2**62)

@@ -3,7 +3,8 @@
 A threaded stdlib WSGI server (one thread per connection), bound to loopback
 unless told otherwise. It reads the files the instrumented processes write, so
 it can run beside them, on a copy, or after they stopped; several processes'
-data in one file shows as one service.
+data in one file shows as one service, and so does a fleet's in one PostgreSQL
+database (``INSTRUMENT_STORAGE`` or ``--db postgresql://...``).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def run(db: str | None = None, *, alerts_db: str | None = None, host: str = "127
     except ConfigError as exc:
         print(f"instrument dashboard: {exc}", file=sys.stderr)
         return 2
-    metrics_db = db or settings.metrics_db
+    metrics_db = db or settings.storage or settings.metrics_db
     dashboard = Dashboard(metrics_db, alerts_db=alerts_db or alerts_db_path(),
                           token=settings.dashboard_token,
                           public=public or settings.dashboard_public,
@@ -104,7 +105,8 @@ def run(db: str | None = None, *, alerts_db: str | None = None, host: str = "127
     stop = threading.Event()
 
     def ready(server: DashboardServer) -> None:
-        print(f"instrument dashboard: serving {server.url} over {metrics_db}", flush=True)
+        print(f"instrument dashboard: serving {server.url} over {dashboard.api.db.path}",
+              flush=True)
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
