@@ -30,7 +30,7 @@ def _noop() -> None:
 class Recorder:
     """Bounded FIFO of sample tuples shared by every adapter of a process."""
 
-    __slots__ = ("_drops", "buf", "cap", "enabled", "high", "wake")
+    __slots__ = ("buf", "cap", "drops", "enabled", "high", "wake")
 
     def __init__(self, capacity: int = 32768) -> None:
         self.buf: deque[tuple[Any, ...]] = deque()
@@ -38,7 +38,7 @@ class Recorder:
         self.high = max(1, capacity // 2)
         self.wake: Callable[[], None] = _noop
         self.enabled = True
-        self._drops = itertools.count()
+        self.drops = itertools.count()  # adapters that inline add() count here too
 
     def add(self, sample: tuple[Any, ...]) -> None:
         """Append one sample, or count it as dropped when the buffer is full."""
@@ -49,13 +49,13 @@ class Recorder:
             if n == self.high:
                 self.wake()
         else:
-            next(self._drops)
+            next(self.drops)
 
     @property
     def dropped(self) -> int:
         """Samples dropped because the buffer was full, since the process started."""
         # repr is "count(N)": the only way to read the counter without advancing it.
-        return int(repr(self._drops)[6:-1])
+        return int(repr(self.drops)[6:-1])
 
     def resize(self, capacity: int) -> None:
         self.cap = capacity

@@ -1,11 +1,10 @@
-"""The current request (id, method, route) in one ContextVar, plus cheap request id minting.
+"""The current request in one ContextVar, plus cheap request id minting.
 
-The adapters call :func:`incoming_id` / :func:`new_id` and ``current.set(...)``
-once per request; everything else (the log formatter, the log handler, the
-``requests`` integration) reads ``current.get()`` lazily. The context is one
-tuple ``(request_id, method, path, holder)`` where ``holder`` is the WSGI
-environ or ASGI scope: the route template is looked up from it only when a log
-line asks, because at request start the app has not routed yet.
+The adapters set ``current`` once per request to their own per-request object
+(no tuple is built for it); the log formatter, the log handler and the
+``requests`` integration call :func:`describe` on it lazily, because at request
+start the app has not routed yet. Every such object has a ``describe()`` method
+returning ``(request_id, method, route template or path)``.
 
 A fresh id is a random per-process prefix plus a counter (no ``uuid4``, no
 system call per request): ``os.urandom`` runs once per process and again in a
@@ -16,20 +15,24 @@ from __future__ import annotations
 
 import itertools
 import os
-from contextvars import ContextVar, Token
+from collections import deque
+from contextvars import ContextVar
 from typing import Any
 
 __all__ = [
+    "COUNTER",
+    "IDS",
     "MAX_ID_LENGTH",
+    "PREFIX",
     "REQUEST_ID_HEADER",
-    "asgi_enter",
+    "Manual",
     "current",
+    "describe",
     "incoming_id",
-    "leave",
     "new_id",
     "route_of",
+    "top_up",
     "valid_id",
-    "wsgi_enter",
 ]
 
 #: Header carrying the id in both directions (WSGI: ``HTTP_X_REQUEST_ID``).
@@ -42,19 +45,30 @@ MAX_ID_LENGTH = 128
 # so an echoed id can never split a header or inject into a log line.
 _SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:+/=@-"
 
-#: ``(request_id, method, path, holder)`` of the request being handled, or None.
-current: ContextVar[tuple[str, str, str, Any] | None] = ContextVar(
-    "instrument_request", default=None)
+#: The per-request object of the request being handled (see :func:`describe`), or None.
+current: ContextVar[Any] = ContextVar("instrument_request", default=None)
 
-_set = current.set
-_prefix = ""
-_counter = itertools.count(1)
+#: ``[prefix]``: the per-process part of fresh ids, replaced in a forked child. A list, so
+#: the adapters can import it once and still see the child's prefix; the counter carries on.
+PREFIX = [""]
+COUNTER = itertools.count(1)
+#: Fresh ids minted ahead by the flusher thread (:func:`top_up`): a request pops one
+#: (``IDS.popleft``, atomic) and formats nothing; it mints its own only when this runs dry.
+IDS: deque[str] = deque()
+_AHEAD = 4096
 
 
 def _reseed() -> None:
-    global _prefix, _counter
-    _prefix = os.urandom(6).hex() + "-"
-    _counter = itertools.count(1)
+    IDS.clear()  # the parent's prefix: a child must not hand out the same ids
+    PREFIX[0] = os.urandom(6).hex() + "-"
+
+
+def top_up() -> None:
+    """Mint ids ahead of need (flusher thread), so string formatting stays off requests."""
+    want = _AHEAD - len(IDS)
+    if want > _AHEAD // 4:
+        prefix, counter = PREFIX[0], COUNTER
+        IDS.extend([prefix + str(next(counter)) for _ in range(want)])
 
 
 _reseed()
@@ -64,7 +78,10 @@ if hasattr(os, "register_at_fork"):
 
 def new_id() -> str:
     """A fresh id, e.g. ``'9c0f3ab2e1d4-26'``: unique per process, cheap to make."""
-    return _prefix + str(next(_counter))
+    try:
+        return IDS.popleft()
+    except IndexError:
+        return PREFIX[0] + str(next(COUNTER))
 
 
 def valid_id(raw: str | bytes) -> bool:
@@ -84,49 +101,37 @@ def incoming_id(raw: str | bytes | None) -> str:
                 return raw.decode("ascii")
         elif valid_id(raw):
             return raw  # type: ignore[return-value]
-    return _prefix + str(next(_counter))
+    return new_id()
 
 
-def wsgi_enter(environ: dict[str, Any]) -> tuple[str, Token[Any]]:
-    """Make this WSGI request current: its id (the caller's if valid) and the reset token."""
-    raw = environ.get("HTTP_X_REQUEST_ID")
-    rid = incoming_id(raw) if raw else _prefix + str(next(_counter))
-    return rid, _set((rid, environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""),
-                      environ))
+class Manual:
+    """The context :func:`instrument.logs.request_context` gives work outside a request."""
+
+    __slots__ = ("method", "rid", "route")
+
+    def __init__(self, rid: str, method: str, route: str) -> None:
+        self.rid = rid
+        self.method = method
+        self.route = route
+
+    def describe(self) -> tuple[str, str, str]:
+        return self.rid, self.method, self.route
 
 
-def asgi_enter(scope: Any) -> tuple[bytes, Token[Any]]:
-    """Make this ASGI request current: its id as header bytes and the reset token."""
-    raw = None
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            raw = value
-            break
-    rid = incoming_id(raw) if raw else _prefix + str(next(_counter))
-    return rid.encode("ascii"), _set((rid, scope["method"], scope["path"], scope))
+def describe(ctx: Any) -> tuple[str, str, str]:
+    """``(request_id, method, route template or path)`` of a context object."""
+    rid, method, route = ctx.describe()
+    return rid, method or "", route or ""
 
 
-def leave(token: Token[Any]) -> None:
-    """End the request's context (restoring what was current before it)."""
-    try:
-        current.reset(token)
-    except (ValueError, RuntimeError):  # closed from another context, or closed twice
-        current.set(None)
-
-
-def route_of(ctx: tuple[str, str, str, Any]) -> str:
-    """The route template once the app has routed, else the raw path."""
-    holder = ctx[3]
-    if holder is not None:
-        route = holder.get("instrument.route")  # WSGI: set by the Flask adapter
-        if route is not None:
-            return str(route)
-        obj = holder.get("route")  # ASGI: Starlette/FastAPI leave the matched route here
-        fastapi = holder.get("fastapi")  # FastAPI's route with include_router prefixes
-        if obj is not None and fastapi:
-            obj = fastapi.get("effective_route_context") or obj
-        if obj is not None:
-            template = getattr(obj, "path_format", None) or getattr(obj, "path", None)
-            if isinstance(template, str) and template:
-                return template
-    return ctx[2]
+def route_of(scope: Any) -> str:
+    """The ASGI route template once the app has routed, else the raw path."""
+    obj = scope.get("route")  # Starlette/FastAPI leave the matched route here
+    fastapi = scope.get("fastapi")  # FastAPI's route with include_router prefixes
+    if obj is not None and fastapi:
+        obj = fastapi.get("effective_route_context") or obj
+    if obj is not None:
+        template = getattr(obj, "path_format", None) or getattr(obj, "path", None)
+        if isinstance(template, str) and template:
+            return template
+    return str(scope.get("path", ""))

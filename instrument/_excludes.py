@@ -26,12 +26,13 @@ class Excludes:
 
 
 def front(app: Any, settings: Any, exclude_paths: Iterable[str] | None, *,
-          asgi: bool) -> tuple[Any, Excludes | None]:
+          asgi: bool) -> tuple[Any, Excludes | frozenset[str] | None]:
     """What answers the skipped paths, and the skip list (None when empty).
 
     Skipped paths are never recorded: the user's excluded paths go straight to
     ``app``; the kit's own ``/metrics`` and dashboard paths are answered in front of it.
-    None instead of an empty list spares the middlewares a ``__bool__`` call per request.
+    None instead of an empty list spares the middlewares a ``__bool__`` call per request,
+    and a plain frozenset when there are no prefixes spares them a ``__contains__`` call.
     """
     paths = list(settings.exclude_paths if exclude_paths is None else exclude_paths)
     bypass = app
@@ -47,4 +48,6 @@ def front(app: Any, settings: Any, exclude_paths: Iterable[str] | None, *,
         bypass = dashboard
         paths.extend(PATHS)
     excludes = Excludes(paths)
-    return bypass, (excludes if excludes else None)
+    if not excludes:
+        return bypass, None
+    return bypass, (excludes if excludes.prefixes else excludes.exact)

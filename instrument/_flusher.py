@@ -18,6 +18,7 @@ from typing import Any
 
 from ._aggregate import Aggregator, Batch
 from ._buffer import Recorder
+from ._context import top_up
 from ._suppress import suppressed
 
 __all__ = ["BackendState", "Flusher"]
@@ -139,12 +140,14 @@ class Flusher:
     # -- the loop --------------------------------------------------------
     def _run(self) -> None:
         suppressed.set(True)
+        top_up()  # request ids minted ahead, so the request path formats none
         while not self._stopping:
             self._event.wait(self._wait_time())
             self._event.clear()
             if self._stopping:
                 break
             try:
+                top_up()
                 self._cycle()
             except BaseException:  # never let the thread die (even on SystemExit from a backend)
                 self.cycle_errors += 1

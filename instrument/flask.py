@@ -1,12 +1,16 @@
 """Flask adapter: a thin layer over the WSGI middleware that names routes by their rule.
 
-It wraps ``app.wsgi_app`` of the app you give it and registers one
-``before_request`` function (first in line) plus a ``got_request_exception``
-receiver for that app only; Flask itself is never patched.
+It wraps ``app.wsgi_app`` of the app you give it, gives that app a subclass of
+its ``request_class`` that notes the rule as Flask matches it (a property
+setter on ``url_rule``: one small call per request, where a ``before_request``
+function costs Flask's whole hook dispatch), and registers a
+``got_request_exception`` receiver for that app only. Flask itself is never
+patched. Set a custom ``request_class`` before calling ``init_app``.
 """
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any
 
 from ._aggregate import UNMATCHED
@@ -16,16 +20,37 @@ from .wsgi import EXC_KEY, ROUTE_KEY, InstrumentMiddleware
 try:
     import flask
     from flask import got_request_exception, request
+    from flask.wrappers import Request
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise missing_extra("flask", "flask") from exc
 
 __all__ = ["Instrument"]
 
 
-def _name_route() -> None:
-    req = request._get_current_object()  # type: ignore[attr-defined]
-    rule = req.url_rule
+def _set_rule(req: Any, rule: Any) -> None:
+    req._instrument_rule = rule
     req.environ[ROUTE_KEY] = rule.rule if rule is not None else UNMATCHED
+
+
+_classes: dict[type, type] = {}
+
+
+def _request_class(base: type[Request]) -> type[Request]:
+    """``base`` with a ``url_rule`` that also names the route for the middleware."""
+    if getattr(base, "_instrument_rule", _MISSING) is not _MISSING:
+        return base  # already ours
+    cls = _classes.get(base)
+    if cls is None:
+        # The getter is a C callable, so Flask's own reads of url_rule stay cheap.
+        cls = _classes[base] = type(base.__name__, (base,), {
+            "__module__": base.__module__, "__doc__": base.__doc__,
+            "_instrument_rule": None,
+            "url_rule": property(attrgetter("_instrument_rule"), _set_rule),
+        })
+    return cls
+
+
+_MISSING = object()
 
 
 def _on_exception(sender: Any, exception: BaseException, **extra: Any) -> None:
@@ -45,7 +70,8 @@ class Instrument:
         wrapped = InstrumentMiddleware(original, **self.options)
         if wrapped is original:  # kill switch: leave the app untouched
             return
+        wrapped._unrouted = UNMATCHED  # no rule matched: one label, never the raw path
         app.wsgi_app = wrapped  # type: ignore[method-assign]
-        app.before_request_funcs.setdefault(None, []).insert(0, _name_route)
+        app.request_class = _request_class(app.request_class)
         got_request_exception.connect(_on_exception, app, weak=False)
         app.extensions["instrument"] = self

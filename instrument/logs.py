@@ -26,7 +26,7 @@ from json.encoder import encode_basestring as _enc
 from typing import IO, Any
 
 from ._buffer import Recorder
-from ._context import current, new_id, route_of
+from ._context import Manual, current, describe, new_id
 from ._redact import DEFAULT_PATTERNS, REDACTED, Redactor
 from ._runtime import runtime
 from ._suppress import suppressed
@@ -70,9 +70,14 @@ def _iso(ts: float) -> str:
     return f"{cache[1]}.{int((ts - sec) * 1e6):06d}Z"
 
 
-def _context_of(record: logging.LogRecord) -> tuple[str, str, str, Any] | None:
+def _context_of(record: logging.LogRecord) -> tuple[str, str, str] | None:
+    """``(request_id, method, route)`` of the request that logged, or None."""
     ctx = record.__dict__.get(_CTX_ATTR, _NO_CTX)
-    return current.get() if ctx is _NO_CTX else ctx
+    if ctx is _NO_CTX:
+        ctx = current.get()
+    if ctx is None or ctx.__class__ is tuple:  # stamped by ContextFilter: already described
+        return ctx  # type: ignore[no-any-return]
+    return describe(ctx)
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any] | None:
@@ -88,7 +93,7 @@ def _extras(record: logging.LogRecord) -> dict[str, Any] | None:
 def get_request_id() -> str | None:
     """The id of the request being handled in this context, or None."""
     ctx = current.get()
-    return ctx[0] if ctx is not None else None
+    return describe(ctx)[0] if ctx is not None else None
 
 
 @contextmanager
@@ -96,7 +101,7 @@ def request_context(request_id: str | None = None, *, route: str = "",
                     method: str = "") -> Iterator[str]:
     """Give work outside a request (a job, a consumer) an id its log lines carry."""
     rid = request_id or new_id()
-    token = current.set((rid, method, route, None))
+    token = current.set(Manual(rid, method, route))
     try:
         yield rid
     finally:
@@ -111,7 +116,8 @@ class ContextFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.__dict__[_CTX_ATTR] = current.get()
+        ctx = current.get()
+        record.__dict__[_CTX_ATTR] = describe(ctx) if ctx is not None else None
         return True
 
 
@@ -140,14 +146,12 @@ class JsonFormatter(logging.Formatter):
         parts = ['{"timestamp": "', _iso(record.created), '", "level": ',
                  _enc(str(record.levelname)), ', "logger": ', _enc(str(record.name)),
                  ', "message": ', _enc(msg)]
-        ctx = record.__dict__.get(_CTX_ATTR, _NO_CTX)
-        if ctx is _NO_CTX:
-            ctx = current.get()
+        ctx = _context_of(record)
         if ctx is not None:
-            parts += (', "request_id": ', _enc(ctx[0]))
-            if ctx[1]:
-                parts += (', "method": ', _enc(ctx[1]))
-            route = route_of(ctx) if ctx[3] is not None else ctx[2]
+            rid, method, route = ctx
+            parts += (', "request_id": ', _enc(rid))
+            if method:
+                parts += (', "method": ', _enc(method))
             if route:
                 parts += (', "route": ', _enc(route))
         out: dict[str, Any] = {}
@@ -187,7 +191,7 @@ class ConsoleFormatter(logging.Formatter):
         parts = [f"{ts}.{int(record.msecs):03d} {record.levelname:<8} {record.name}"]
         ctx = _context_of(record)
         if ctx is not None:
-            parts.append("[" + " ".join(x for x in (ctx[0], ctx[1], route_of(ctx)) if x) + "]")
+            parts.append("[" + " ".join(x for x in ctx if x) + "]")
         parts.append(red.text(msg) if red else msg)
         extra = _extras(record)
         if extra:
@@ -241,7 +245,7 @@ class StoreHandler(logging.Handler):
             return
         if len(rec.buf) >= rec.cap:
             next(self._drops)
-            next(rec._drops)  # the kit's own drop count (stats()["dropped"]) includes it
+            next(rec.drops)  # the kit's own drop count (stats()["dropped"]) includes it
             return
         try:
             msg = record.getMessage()
@@ -258,14 +262,11 @@ class StoreHandler(logging.Handler):
                     exc = red.text(exc)
             extra = _extras(record) if len(record.__dict__) > _BASE_LEN else None
             extra_json = self._encode(red.fields(extra)) if extra else None
-            ctx = record.__dict__.get(_CTX_ATTR, _NO_CTX)
-            if ctx is _NO_CTX:
-                ctx = current.get()
+            ctx = _context_of(record)
             if ctx is None:
                 rid = route = method = None
             else:
-                rid, method = ctx[0], ctx[1] or None
-                route = (route_of(ctx) if ctx[3] is not None else ctx[2]) or None
+                rid, method, route = ctx[0], ctx[1] or None, ctx[2] or None
             rec.add((KIND_LOG, record.created, record.levelno, record.levelname, record.name,
                      msg, exc, extra_json, rid, route, method))
         except Exception:

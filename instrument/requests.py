@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._buffer import KIND_CLIENT
-from ._context import REQUEST_ID_HEADER, current
+from ._context import REQUEST_ID_HEADER, current, describe
 from ._errors import missing_extra
 from ._runtime import ON, UNSTARTED, runtime
 from ._suppress import suppressed
@@ -118,7 +118,7 @@ def _send(send: Any, request: requests.PreparedRequest, kwargs: dict[str, Any],
         runtime.ensure_started()
     ctx = current.get()
     if ctx is not None and REQUEST_ID_HEADER not in request.headers:
-        request.headers[REQUEST_ID_HEADER] = ctx[0]
+        request.headers[REQUEST_ID_HEADER] = describe(ctx)[0]
     if runtime.state != ON:
         return send(request, **kwargs)
     token = _in_call.set(True)
