@@ -27,10 +27,15 @@ def _noop() -> None:
     return None
 
 
+def _value(counter: itertools.count[int]) -> int:
+    # repr is "count(N)": the only way to read the counter without advancing it.
+    return int(repr(counter)[6:-1])
+
+
 class Recorder:
     """Bounded FIFO of sample tuples shared by every adapter of a process."""
 
-    __slots__ = ("buf", "cap", "drops", "enabled", "high", "wake")
+    __slots__ = ("_base", "buf", "cap", "drops", "enabled", "ended", "high", "started", "wake")
 
     def __init__(self, capacity: int = 32768) -> None:
         self.buf: deque[tuple[Any, ...]] = deque()
@@ -39,6 +44,11 @@ class Recorder:
         self.wake: Callable[[], None] = _noop
         self.enabled = True
         self.drops = itertools.count()  # adapters that inline add() count here too
+        # HTTP requests begun and ended (recorded or dropped), counted by the adapters: the
+        # difference is the in-flight gauge. Never replaced (adapters bind them at import).
+        self.started = itertools.count()
+        self.ended = itertools.count()
+        self._base = 0
 
     def add(self, sample: tuple[Any, ...]) -> None:
         """Append one sample, or count it as dropped when the buffer is full."""
@@ -54,8 +64,13 @@ class Recorder:
     @property
     def dropped(self) -> int:
         """Samples dropped because the buffer was full, since the process started."""
-        # repr is "count(N)": the only way to read the counter without advancing it.
-        return int(repr(self.drops)[6:-1])
+        return _value(self.drops)
+
+    @property
+    def in_flight(self) -> int:
+        """HTTP requests this process has begun and not yet ended."""
+        ended = _value(self.ended)  # read first: a request ending in between never goes below 0
+        return max(0, _value(self.started) - ended - self._base)
 
     def resize(self, capacity: int) -> None:
         self.cap = capacity
@@ -78,3 +93,4 @@ class Recorder:
         """Forget the parent's samples: the parent flushes them, not the child."""
         self.buf.clear()
         self.wake = _noop
+        self._base = _value(self.started) - _value(self.ended)  # the parent's, not ours

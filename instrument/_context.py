@@ -24,6 +24,7 @@ __all__ = [
     "IDS",
     "MAX_ID_LENGTH",
     "PREFIX",
+    "READERS",
     "REQUEST_ID_HEADER",
     "Manual",
     "current",
@@ -47,6 +48,11 @@ _SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:+/=@-
 
 #: The per-request object of the request being handled (see :func:`describe`), or None.
 current: ContextVar[Any] = ContextVar("instrument_request", default=None)
+#: ``[True]`` once a module that reads :data:`current` is imported (``instrument.logs``,
+#: ``instrument.requests``). Until then the adapters skip setting it (a third of what a
+#: request id costs), since nothing in the process could observe it; they still mint
+#: and echo the id. A reader imported in the middle of a request sees the next one.
+READERS = [False]
 
 #: ``[prefix]``: the per-process part of fresh ids, replaced in a forked child. A list, so
 #: the adapters can import it once and still see the child's prefix; the counter carries on.

@@ -10,13 +10,13 @@ server hears ``lifespan.shutdown.complete``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from operator import itemgetter
 from time import perf_counter
 from typing import Any
 
 from ._buffer import KIND_HTTP
-from ._context import COUNTER, IDS, PREFIX, current, incoming_id, route_of
+from ._context import COUNTER, IDS, PREFIX, READERS, current, incoming_id, route_of
 from ._excludes import front
 from ._routes import RouteResolver
 from ._runtime import OFF, runtime
@@ -29,6 +29,9 @@ _reset = current.reset
 _rec = runtime.recorder  # one per process, for the life of the process
 _buf = _rec.buf  # cleared in place, never replaced
 _next_id = IDS.popleft
+_readers = READERS
+_started = _rec.started
+_ended = _rec.ended
 _first = itemgetter(0)
 _RID_NAME = b"x-request-id"
 
@@ -52,28 +55,33 @@ class _Exchange:
             self.disc = True
         return message
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
+        # Not a coroutine function: it hands back the server's own awaitable, so a send
+        # costs no extra coroutine. Only the last body chunk is awaited here, because the
+        # request ends when the server has taken it (servers wait for the client first).
         kind = message["type"]
         if kind == "http.response.body":
             body = message.get("body")
             if body:
                 self.rb += len(body)
-            await self._send(message)
-            if not message.get("more_body", False):
-                self.t_end = perf_counter()
-            return
+            if message.get("more_body", False):
+                return self._send(message)
+            return self._send_last(message)
         if kind == "http.response.start":
             self.status = message["status"]
             rid = self.rid
             if rid is not None:  # a new list: the app may reuse its headers
                 message["headers"] = [*message.get("headers", ()),
                                       (_RID_NAME, rid.encode("ascii"))]
-            await self._send(message)
             self.tf = perf_counter()
-            return
-        await self._send(message)
+            return self._send(message)
         if kind == "http.response.pathsend":
-            self.t_end = perf_counter()
+            return self._send_last(message)
+        return self._send(message)
+
+    async def _send_last(self, message: Message) -> None:
+        await self._send(message)
+        self.t_end = perf_counter()
 
     def describe(self) -> tuple[str, str, str]:
         return self.rid or "", self.scope.get("method", ""), route_of(self.scope)
@@ -129,10 +137,12 @@ class InstrumentMiddleware:
                     ex.rid = _next_id()
                 except IndexError:  # none minted ahead (yet): mint one here
                     ex.rid = PREFIX[0] + str(next(COUNTER))
-            tok = _set(ex)
+            if _readers[0]:
+                tok = _set(ex)
         else:
             ex.rid = None
         t0 = perf_counter()
+        next(_started)
         exc: type[BaseException] | None = None
         try:
             await self.app(scope, ex.receive, ex.send)
@@ -141,6 +151,7 @@ class InstrumentMiddleware:
             raise
         finally:
             t1 = ex.t_end or perf_counter()
+            next(_ended)
             if tok is not None:
                 try:
                     _reset(tok)

@@ -26,10 +26,12 @@ from json.encoder import encode_basestring as _enc
 from typing import IO, Any
 
 from ._buffer import Recorder
-from ._context import Manual, current, describe, new_id
+from ._context import READERS, Manual, current, describe, new_id
 from ._redact import DEFAULT_PATTERNS, REDACTED, Redactor
 from ._runtime import runtime
 from ._suppress import suppressed
+
+READERS[0] = True  # the adapters make each request current from now on
 
 __all__ = [
     "DEFAULT_PATTERNS",

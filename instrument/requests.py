@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._buffer import KIND_CLIENT
-from ._context import REQUEST_ID_HEADER, current, describe
+from ._context import READERS, REQUEST_ID_HEADER, current, describe
 from ._errors import missing_extra
 from ._runtime import ON, UNSTARTED, runtime
 from ._suppress import suppressed
@@ -32,6 +32,8 @@ try:
     import requests
 except ImportError as exc:  # pragma: no cover - requests is a core dependency
     raise missing_extra("requests", "requests") from exc
+
+READERS[0] = True  # the adapters make each request current from now on
 
 __all__ = ["client_route", "instrument_all_sessions", "instrument_session",
            "uninstrument_all_sessions"]

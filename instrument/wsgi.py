@@ -15,7 +15,7 @@ from time import perf_counter
 from typing import Any
 
 from ._buffer import KIND_HTTP
-from ._context import COUNTER, IDS, PREFIX, REQUEST_ID_HEADER, current, incoming_id
+from ._context import COUNTER, IDS, PREFIX, READERS, REQUEST_ID_HEADER, current, incoming_id
 from ._excludes import front
 from ._runtime import OFF, runtime
 from .types import StartResponse, WSGIApp, WSGIEnviron
@@ -27,6 +27,9 @@ _reset = current.reset
 _rec = runtime.recorder  # one per process, for the life of the process
 _buf = _rec.buf  # cleared in place, never replaced
 _next_id = IDS.popleft
+_readers = READERS
+_started = _rec.started
+_ended = _rec.ended
 
 #: environ key a framework adapter sets to the matched route template.
 ROUTE_KEY = "instrument.route"
@@ -108,6 +111,7 @@ class _Exchange(list):  # type: ignore[type-arg]
     def close(self) -> None:
         """The request ends: record it (inline, as a call would cost more than the work)."""
         t1 = perf_counter()
+        next(_ended)
         tok = self.tok
         if tok is not None:
             try:
@@ -206,6 +210,7 @@ class InstrumentMiddleware:
         if exclude is not None and environ.get("PATH_INFO", "") in exclude:
             return self._bypass(environ, start_response)
         t0 = perf_counter()
+        next(_started)  # in flight until close()
         # Attributes set here, not in an __init__: a Python call frame costs more than they do.
         ex = _Exchange()
         ex.env = environ
@@ -231,7 +236,7 @@ class InstrumentMiddleware:
                     ex.rid = _next_id()
                 except IndexError:  # none minted ahead (yet): mint one here
                     ex.rid = PREFIX[0] + str(next(COUNTER))
-            ex.tok = _set(ex)
+            ex.tok = _set(ex) if _readers[0] else None
         else:
             ex.rid = ex.tok = None
         try:

@@ -287,3 +287,45 @@ def test_asgi_request_id_switched_off() -> None:
         r = httpx.get(url + "/echo", headers={"X-Request-ID": "caller-1"})
     assert "x-request-id" not in r.headers
     assert r.text == "-"
+
+
+def test_request_becomes_current_once_a_reader_is_imported(tmp_path: Any) -> None:
+    """Before instrument.logs is imported the id is echoed but not made current; after, it is."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import sys
+        import instrument
+        from instrument import _context
+        from instrument.wsgi import InstrumentMiddleware
+        instrument.configure(metrics_db={str(tmp_path / "m.db")!r})
+        seen = []
+        def app(environ, start_response):
+            ctx = _context.current.get()
+            seen.append(None if ctx is None else ctx.describe()[0])
+            start_response("200 OK", [])
+            return [b"ok"]
+        mw = InstrumentMiddleware(app)
+        headers = {{}}
+        def start_response(status, hs, exc_info=None):
+            headers.update(hs)
+        def call():
+            body = mw({{"REQUEST_METHOD": "GET", "PATH_INFO": "/x"}}, start_response)
+            list(body)
+            body.close()
+            return headers["X-Request-ID"]
+        first = call()
+        assert "instrument.logs" not in sys.modules
+        from instrument.logs import get_request_id
+        second = call()
+        assert seen == [None, second], (seen, first, second)
+        assert first and first != second
+        assert get_request_id() is None  # outside any request
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, cwd=os.getcwd())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
