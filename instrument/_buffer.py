@@ -1,11 +1,21 @@
 """The request path's only contact with the kit: a bounded, lock-free sample buffer.
 
-``Recorder.add`` is the single call an adapter makes per request. It does a
-length check and one ``deque.append`` (atomic under the GIL), and sets the
-flusher's wake-up Event only on the one append that crosses the high-water
-mark, so a request never takes a lock or waits. When the buffer is full the new
-sample is dropped and counted with ``itertools.count`` (its ``__next__`` is a
-single C call, so concurrent drops are never lost from the count).
+A sample goes in with one ``deque`` call, atomic under the GIL, after a length
+check; the flusher's wake-up Event is set only by the samples that cross the
+high-water mark, so a request never takes a lock or waits. When the buffer is
+full the new sample is dropped and counted with ``itertools.count`` (its
+``__next__`` is a single C call, so concurrent drops are never lost).
+
+The hot producers (the middlewares, ``@timed``) store a sample *flat*:
+``buf.extend(sample)`` puts its fields in the deque one by one, with no Python
+code in between, so records stay whole and in order. The tuple they built is
+freed at once and the fields (numbers, strings) are not objects Python's
+garbage collector tracks, so a buffered request leaves nothing for it to
+count: appending tuples would make every ~700 requests trigger a collection
+(and, in a large app, the occasional full one) that the bare app never has.
+Other producers append one tuple; :meth:`Recorder.drain` rebuilds both kinds
+into tuples for the flusher. Capacity counts slots: a request takes
+:data:`SLOTS`, so ``capacity`` requests fit.
 """
 
 from __future__ import annotations
@@ -15,12 +25,16 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["KIND_CALL", "KIND_CLIENT", "KIND_HTTP", "Recorder"]
+__all__ = ["FLAT_FIELDS", "KIND_CALL", "KIND_CLIENT", "KIND_HTTP", "SLOTS", "Recorder"]
 
 #: Sample kinds: the first element of every sample tuple.
 KIND_HTTP = "http"
 KIND_CALL = "call"
 KIND_CLIENT = "client"
+#: Fields of the samples stored flat, by kind (the kind included).
+FLAT_FIELDS = {KIND_HTTP: 11, KIND_CALL: 5}
+#: Slots one request takes: capacity is counted in requests.
+SLOTS = 11
 
 
 def _noop() -> None:
@@ -33,14 +47,14 @@ def _value(counter: itertools.count[int]) -> int:
 
 
 class Recorder:
-    """Bounded FIFO of sample tuples shared by every adapter of a process."""
+    """Bounded FIFO of samples shared by every adapter of a process."""
 
-    __slots__ = ("_base", "buf", "cap", "drops", "enabled", "ended", "high", "started", "wake")
+    __slots__ = ("_base", "buf", "cap", "capacity", "drops", "enabled", "ended", "high",
+                 "high_end", "started", "wake")
 
     def __init__(self, capacity: int = 32768) -> None:
-        self.buf: deque[tuple[Any, ...]] = deque()
-        self.cap = capacity
-        self.high = max(1, capacity // 2)
+        self.buf: deque[Any] = deque()
+        self.resize(capacity)
         self.wake: Callable[[], None] = _noop
         self.enabled = True
         self.drops = itertools.count()  # adapters that inline add() count here too
@@ -51,15 +65,31 @@ class Recorder:
         self._base = 0
 
     def add(self, sample: tuple[Any, ...]) -> None:
-        """Append one sample, or count it as dropped when the buffer is full."""
+        """Append one sample tuple, or count it as dropped when the buffer is full."""
         buf = self.buf
         n = len(buf)
         if n < self.cap:
             buf.append(sample)
-            if n == self.high:
+            if self.high <= n < self.high_end:
                 self.wake()
         else:
             next(self.drops)
+
+    def add_flat(self, sample: tuple[Any, ...]) -> None:
+        """Store a sample of a :data:`FLAT_FIELDS` kind flat (what the inlined adapters do)."""
+        buf = self.buf
+        n = len(buf)
+        if n < self.cap:
+            buf.extend(sample)
+            if self.high <= n < self.high_end:
+                self.wake()
+        else:
+            next(self.drops)
+
+    @property
+    def buffered(self) -> int:
+        """Slots in use, in requests (:data:`SLOTS` each), rounded up."""
+        return -(-len(self.buf) // SLOTS)
 
     @property
     def dropped(self) -> int:
@@ -73,20 +103,36 @@ class Recorder:
         return max(0, _value(self.started) - ended - self._base)
 
     def resize(self, capacity: int) -> None:
-        self.cap = capacity
-        self.high = max(1, capacity // 2)
+        """Hold ``capacity`` requests; wake the flusher when half full."""
+        self.capacity = capacity
+        self.cap = capacity * SLOTS
+        self.high = max(1, self.cap // 2)
+        # A sample adds up to SLOTS at once, so "the one that crosses the mark" is the one
+        # that finds the length in [high, high + SLOTS); two may, and waking twice is harmless.
+        self.high_end = self.high + SLOTS
 
     def drain(self, limit: int) -> list[tuple[Any, ...]]:
-        """Pop up to ``limit`` samples in arrival order (flusher thread only)."""
+        """Pop about ``limit`` samples' worth in arrival order, as tuples (flusher thread only)."""
         buf = self.buf
-        out: list[tuple[Any, ...]] = []
         pop = buf.popleft
+        # Only whole records are ever in the deque, so a cut record's rest is there to pop.
+        items = [pop() for _ in range(min(limit * SLOTS, len(buf)))]
+        out: list[tuple[Any, ...]] = []
         append = out.append
-        try:
-            for _ in range(min(limit, len(buf))):
-                append(pop())
-        except IndexError:
-            pass
+        flat = FLAT_FIELDS
+        i, n = 0, len(items)
+        while i < n:
+            item = items[i]
+            if item.__class__ is tuple:
+                append(item)
+                i += 1
+                continue
+            j = i + flat[item]
+            while j > n:
+                items.append(pop())
+                n += 1
+            append(tuple(items[i:j]))
+            i = j
         return out
 
     def reset_after_fork(self) -> None:

@@ -155,8 +155,8 @@ class Runtime:
         base: dict[str, Any] = {
             "enabled": self.state == ON,
             "pid": self.pid,
-            "buffered": len(self.recorder.buf),
-            "capacity": self.recorder.cap,
+            "buffered": self.recorder.buffered,
+            "capacity": self.recorder.capacity,
             "dropped": self.recorder.dropped,
         }
         if self.flusher is not None:

@@ -90,8 +90,8 @@ def _make_wrapper(func: Callable[..., Any], name: str) -> Callable[..., Any]:
         # Recorder.add inlined on the success path: the call would cost as much as the work
         n = len(buf)
         if n < rec.cap:
-            buf.append((KIND_CALL, t0, perf_counter(), name, None))
-            if n == rec.high:
+            buf.extend((KIND_CALL, t0, perf_counter(), name, None))  # flat: see _buffer
+            if rec.high <= n < rec.high_end:
                 rec.wake()
         else:
             next(rec.drops)

@@ -131,8 +131,8 @@ class _Exchange(list):  # type: ignore[type-arg]
         # Recorder.add, inlined: a bounded append, or an exact drop count
         n = len(_buf)
         if n < _rec.cap:
-            _buf.append(sample)
-            if n == _rec.high:
+            _buf.extend(sample)  # flat: see _buffer
+            if _rec.high <= n < _rec.high_end:
                 _rec.wake()
         else:
             next(_rec.drops)

@@ -32,7 +32,7 @@ from starlette.routing import Route
 
 import instrument
 from instrument import asgi
-from instrument._buffer import Recorder
+from instrument._buffer import SLOTS, Recorder
 from instrument._suppress import suppressed
 from instrument.flask import Instrument
 from instrument.logs import (
@@ -320,14 +320,15 @@ def test_store_handler_never_blocks_and_counts_drops() -> None:
     log.addHandler(handler)
     handler.acquire()  # a stdlib Handler would wait on this lock in handle()
     try:
-        worker = threading.Thread(target=lambda: [log.warning("x %d", i) for i in range(100)])
+        total = rec.cap + 84  # a log line takes one slot of the 16 requests' worth
+        worker = threading.Thread(target=lambda: [log.warning("x %d", i) for i in range(total)])
         worker.start()
         worker.join(10)
         assert not worker.is_alive()
     finally:
         handler.release()
         log.removeHandler(handler)
-    assert len(rec.buf) == 16
+    assert len(rec.buf) == rec.cap == 16 * SLOTS
     assert handler.dropped == 84 and rec.dropped == 84
 
 

@@ -261,7 +261,7 @@ class TestMetricsCollector:
         """Each reading reports the buffer depth and dropped samples of the kit itself."""
         runtime.recorder.resize(16)
         gate = threading.Event()
-        for i in range(40):
+        for i in range(runtime.recorder.cap + 24):  # a probe takes one slot
             runtime.recorder.add(("probe", i))
         reading = make().collect_system_metrics()
         gate.set()
