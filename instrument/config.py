@@ -135,7 +135,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("flush_interval", "INSTRUMENT_FLUSH_INTERVAL", _positive_float, 1.0,
              "Seconds between flushes of the sample buffer to the backends."),
     Variable("buffer_size", "INSTRUMENT_BUFFER_SIZE", _int_at_least(16), 32768,
-             "Samples the ring buffer holds; beyond that new samples are dropped and counted."),
+             "Requests the ring buffer holds (a log line takes a fraction of one); beyond that "
+             "new samples are dropped and counted."),
     Variable("max_routes", "INSTRUMENT_MAX_ROUTES", _int_at_least(1), 1000,
              "Distinct route names kept per kind; the rest fold into `__overflow__`."),
     Variable("exclude_paths", "INSTRUMENT_EXCLUDE_PATHS", _path_list, (),
