@@ -19,6 +19,7 @@ from typing import Any
 
 from ._aggregate import iso_utc
 from ._forkguard import sqlite_section
+from ._inflight import read_in_flight
 from .backends._sqlite_totals import read_totals
 
 __all__ = ["PostgreSQLSource", "SQLiteSource", "Snapshot", "Source", "source_for"]
@@ -34,13 +35,19 @@ _SYSTEM_SQL = (f"SELECT {', '.join(SYSTEM_FIELDS)} FROM system_metrics WHERE tim
 
 @dataclass
 class Snapshot:
-    """Rows of the totals tables, plus the latest machine reading and one per live process."""
+    """Rows of the totals tables, plus the latest machine reading and one per live process.
+
+    ``in_flight`` is the sum of the HTTP requests in flight that live processes stored at
+    their last flush, over ``in_flight_processes`` processes (see :mod:`instrument._inflight`).
+    """
 
     series: list[tuple[Any, ...]] = field(default_factory=list)
     buckets: list[tuple[Any, ...]] = field(default_factory=list)
     counters: list[tuple[Any, ...]] = field(default_factory=list)
     system: dict[str, Any] | None = None
     processes: dict[int, dict[str, Any]] = field(default_factory=dict)
+    in_flight: int = 0
+    in_flight_processes: int = 0
 
 
 class Source:
@@ -91,6 +98,8 @@ class SQLiteSource(Source):
             since = iso_utc(time.time() - self.system_window)
             sql = _SYSTEM_SQL.format(p="?", host="")
             _system(conn.execute(sql, (since,)).fetchall(), snap)
+            # last: a store older than migration 5 still exports everything else
+            snap.in_flight, snap.in_flight_processes = read_in_flight(conn, self.host)
         except sqlite3.OperationalError as exc:
             if "no such table" not in str(exc):  # a store not migrated yet reads as empty
                 raise
@@ -139,6 +148,7 @@ class PostgreSQLSource(Source):
         series, buckets, counters = read_totals(conn, self.host, "%s")
         snap.series, snap.buckets, snap.counters = _plain(series), _plain(buckets), _plain(
             counters)
+        snap.in_flight, snap.in_flight_processes = read_in_flight(conn, self.host, "%s")
         if self.host is None:  # machine and process gauges only make sense per host
             return snap
         since = iso_utc(time.time() - self.system_window)

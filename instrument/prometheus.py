@@ -15,9 +15,15 @@ milliseconds, which are edges of the fine buckets, so the cumulative counts are
 exact (a duration of exactly a bound, a measure-zero event, counts in the next
 bucket). Size buckets are powers of two in bytes and exact too.
 
-There is no in-flight gauge: it would cost a shared counter touched twice on
-every request. Average concurrency over a window is exact without it (Little's
-law): ``rate(instrument_http_request_duration_seconds_sum[1m])``.
+``instrument_http_requests_in_flight`` is the HTTP requests being served: the
+sum over live worker processes of the count each stored at its last flush
+(``instrument/_inflight.py``). Each process writes its count when it changes,
+and every few seconds while it is not 0; a count stops being summed when it
+was not renewed within three flush intervals (at least 5 s), so a worker that
+died (SIGKILL, recycled without a last flush) drops out by itself. It is a
+sample, as fresh as the flush interval; average concurrency over a window is
+exact from the histogram (Little's law):
+``sum(rate(instrument_http_request_duration_seconds_sum[1m]))``.
 """
 
 from __future__ import annotations
@@ -104,6 +110,10 @@ class InstrumentCollector:
     def collect(self) -> Iterator[Metric]:
         snap = self.source.read()
         yield from self._requests(snap)
+        yield GaugeMetricFamily(
+            "instrument_http_requests_in_flight",
+            "HTTP requests being served: the sum over live worker processes of each one's"
+            " count at its last flush.", value=float(snap.in_flight))
         yield from self._counters(snap)
         yield from _system(snap)
 

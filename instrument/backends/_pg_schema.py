@@ -247,6 +247,18 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS idx_logs_levelno ON logs(levelno);
     CREATE INDEX IF NOT EXISTS idx_system_metrics_created_at ON system_metrics(created_at);
     """,
+    # 3: HTTP requests in flight per process, as SQLite's migration 5 (instrument/_inflight.py).
+    """
+    CREATE TABLE IF NOT EXISTS process_in_flight (
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        in_flight INTEGER NOT NULL,
+        written_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (host, pid)
+    );
+    CREATE INDEX IF NOT EXISTS idx_process_in_flight_expires ON process_in_flight(expires_at);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

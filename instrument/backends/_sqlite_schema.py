@@ -219,6 +219,20 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (host, metric, kind, name, method, label)
     ) WITHOUT ROWID;
     """,
+    # 5: HTTP requests in flight, one row per process (host, pid) that served any: its latest
+    # reading, when it was taken and until when readers count it (instrument/_inflight.py).
+    # Readers sum the rows not yet expired through the index; writers delete long-expired ones.
+    """
+    CREATE TABLE IF NOT EXISTS process_in_flight (
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        in_flight INTEGER NOT NULL,
+        written_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (host, pid)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS idx_process_in_flight_expires ON process_in_flight(expires_at);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

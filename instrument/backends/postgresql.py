@@ -26,6 +26,7 @@ from typing import Any
 
 from .._aggregate import Batch, iso_utc
 from .._errors import missing_extra
+from .._inflight import write_in_flight
 from .._system import SYSTEM_COLUMNS
 from ._pg_schema import migrate
 from ._pg_write import (
@@ -74,6 +75,7 @@ class PostgreSQLBackend:
     """Writes each batch in one transaction; reconnects on the next write after a failure."""
 
     name = "postgresql"
+    stores_in_flight = True  # also sent batches carrying only the in-flight reading
 
     def __init__(self, url: str, *, retention_days: int = 7, timeout: float = 5.0,
                  instance: str | None = None) -> None:
@@ -170,6 +172,7 @@ class PostgreSQLBackend:
         TOTAL_BUCKETS.run(cur, buckets)
         COUNTERS_ADD.run(cur, sums)
         COUNTERS_MAX.run(cur, last)
+        write_in_flight(cur, batch, host, "%s")
 
     def apply_retention(self, now: float | None = None) -> int:
         """Delete rows older than the retention period (totals are kept for ever)."""

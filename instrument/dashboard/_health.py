@@ -18,7 +18,8 @@ import time
 from typing import Any
 
 from .._aggregate import iso_utc
-from ._pgstore import is_pg
+from .._inflight import read_in_flight
+from ._pgstore import has_table, is_pg
 
 __all__ = ["FAILING_AFTER", "DropWatch", "from_store", "in_process", "merge"]
 
@@ -77,7 +78,8 @@ def in_process(stats: dict[str, Any], drops: DropWatch, now: float) -> tuple[lis
 def from_store(conn: sqlite3.Connection | None, interval: float, now: float
                ) -> tuple[list[str], dict[str, Any]]:
     """(degraded reasons, facts) from the newest rows of the metrics file."""
-    facts: dict[str, Any] = {"last_request_minute": None, "last_system_reading": None}
+    facts: dict[str, Any] = {"last_request_minute": None, "last_system_reading": None,
+                             "http_requests_in_flight": None}
     reasons: list[str] = []
     if conn is None:
         return reasons, facts
@@ -100,6 +102,9 @@ def from_store(conn: sqlite3.Connection | None, interval: float, now: float
             reasons.append(f"process {pid} dropped {dropped} samples in the last 5 minutes")
         if errors:
             reasons.append(f"process {pid} had {errors} backend errors in the last 5 minutes")
+    if has_table(conn, "process_in_flight"):  # absent from a store not migrated since
+        # the sum the Prometheus gauge exports: live processes' counts at their last flush
+        facts["http_requests_in_flight"] = read_in_flight(conn, now=now)[0]
     last = facts["last_system_reading"]
     if last and last < iso_utc(now - 3 * interval) and last >= iso_utc(now - 86400):
         reasons.append(f"no system metrics since {last} (collector stopped?)")
