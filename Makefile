@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 # Debian packages that tests drive for real (added as the features that need them land).
-SYSTEM_PACKAGES ?= prometheus-alertmanager chromium prometheus postgresql
+SYSTEM_PACKAGES ?= prometheus-alertmanager chromium prometheus postgresql valgrind
 
 .PHONY: demo test bench lint system-deps clean
 
@@ -26,9 +26,10 @@ demo: $(STAMP)
 test: $(STAMP) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/instructions.py
 	$(PY) benchmarks/flusher.py
 	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/collector.py

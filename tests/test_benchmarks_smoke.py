@@ -128,3 +128,15 @@ def test_memory_compares_a_bare_and_an_instrumented_child(tmp_path: Path) -> Non
     assert paced["met"] == (paced["delta_steady_mb"] < data["target_mb"])
     assert "met" not in loads["max"]
     assert "added MB" in stdout
+
+
+def test_instruction_counts_put_the_kit_between_the_floor_and_a_ceiling(tmp_path: Path) -> None:
+    """Callgrind counts are deterministic: the WSGI hot path costs more than the floor, bounded."""
+    data, stdout = _run("instructions.py", tmp_path)
+    wsgi = data["groups"]["wsgi"]
+    added_floor = wsgi["floor"] - wsgi["bare"]
+    added_kit = wsgi["kit"] - wsgi["bare"]
+    assert 0 < added_floor < added_kit
+    # About 14.5k when written (2026-11): a request path that grows past this has regressed.
+    assert added_kit < 22_000, f"the WSGI request path now costs {added_kit:.0f} instructions"
+    assert "instructions/request" in stdout

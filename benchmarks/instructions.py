@@ -1,0 +1,112 @@
+"""Per-request overhead in CPU instructions: a measure the VM's noise cannot move.
+
+Wall-clock figures on a shared 2-core VM swing by 2x from run to run; an
+instruction count does not. Each variant (bare app, the least possible
+middleware, the kit) is run under valgrind's callgrind twice, with N and
+N + DELTA requests; the difference divided by DELTA is what one request costs,
+start-up and warm-up cancelled out. ``PYTHONHASHSEED`` is fixed so dict layouts,
+and so the counts, repeat exactly. The flusher thread stays asleep (a long
+interval; the requests stay under the buffer's high-water mark).
+
+Needs ``valgrind`` (``make bench`` installs it). Run:
+``python benchmarks/instructions.py [--quick] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+from _common import parser, print_table, write_json
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GROUPS = {
+    "wsgi": ("bare", "floor", "kit"),
+    "flask": ("bare", "kit"),
+    "asgi": ("bare", "floor", "kit"),
+    "starlette": ("bare", "kit"),
+    "fastapi": ("bare", "kit"),
+}
+
+
+def _runner(group: str, variant: str) -> Any:
+    """The driver of one variant, built like benchmarks/overhead.py builds it."""
+    sys.path.insert(0, HERE)
+    import overhead as ov
+    from _common import asgi_runner, floor_asgi, floor_wsgi, wsgi_runner
+
+    if group in ("wsgi", "flask"):
+        if group == "wsgi":
+            from instrument.wsgi import InstrumentMiddleware
+            app = {"bare": ov._hello, "floor": floor_wsgi(ov._hello)}.get(variant)
+            return wsgi_runner(app or InstrumentMiddleware(ov._hello), "/hello")
+        from instrument.flask import Instrument
+        flask_app = ov._flask_app()
+        if variant == "kit":
+            Instrument(flask_app)
+        return wsgi_runner(flask_app, "/items/42")
+    from starlette.middleware import Middleware
+
+    from instrument.asgi import InstrumentMiddleware as Asgi
+    loop = asyncio.new_event_loop()
+    if group == "asgi":
+        app = {"bare": ov._asgi_hello, "floor": floor_asgi(ov._asgi_hello)}.get(variant)
+        return asgi_runner(loop, app or Asgi(ov._asgi_hello), "/hello")
+    middleware = [Middleware(Asgi)] if variant == "kit" else []
+    return asgi_runner(loop, ov._starlette_app(group == "fastapi", *middleware), "/items/42")
+
+
+def _child(group: str, variant: str, n: int) -> None:
+    import instrument
+    instrument.configure(metrics_db=os.path.join(tempfile.mkdtemp(), "m.db"),
+                         flush_interval=3600)
+    run = _runner(group, variant)
+    run(300)  # warm-up: caches, specialisation, lazily built middleware stacks
+    run(n)
+    os._exit(0)  # no shutdown flush: the count covers the requests only
+
+
+def _count(group: str, variant: str, n: int) -> int:
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    out = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+         __file__, "--child", group, variant, str(n)],
+        capture_output=True, text=True, env=env, check=False)
+    m = re.search(r"Collected : (\d+)", out.stderr)
+    if not m:
+        raise RuntimeError(f"callgrind gave no count for {group}/{variant}: {out.stderr[-500:]}")
+    return int(m.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        _child(argv[1], argv[2], int(argv[3]))
+        return 0
+    args = parser(__doc__.splitlines()[0]).parse_args(argv)
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (apt-get install valgrind; make bench does it)")
+        return 1
+    n, delta = (200, 400) if args.quick else (500, 2000)
+    groups = {"wsgi": GROUPS["wsgi"]} if args.quick else GROUPS
+    results: dict[str, dict[str, float]] = {}
+    rows: list[list[Any]] = []
+    for group, variants in groups.items():
+        per = {v: (_count(group, v, n + delta) - _count(group, v, n)) / delta for v in variants}
+        results[group] = per
+        for v in variants:
+            rows.append([group, v, per[v], None if v == "bare" else per[v] - per["bare"]])
+    print_table(["group", "variant", "instructions/request", "added"], rows,
+                title="CPU instructions per request (callgrind, difference of two run lengths)")
+    write_json(args.json, {"benchmark": "instructions", "quick": args.quick, "groups": results})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
