@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable
+from itertools import repeat, starmap
 from typing import Any
 
 __all__ = ["FLAT_FIELDS", "KIND_CALL", "KIND_CLIENT", "KIND_HTTP", "SLOTS", "Recorder"]
@@ -116,7 +117,8 @@ class Recorder:
         buf = self.buf
         pop = buf.popleft
         # Only whole records are ever in the deque, so a cut record's rest is there to pop.
-        items = [pop() for _ in range(min(limit * SLOTS, len(buf)))]
+        # starmap calls popleft from C: half the cost of a comprehension's Python loop.
+        items = list(starmap(pop, repeat((), min(limit * SLOTS, len(buf)))))
         out: list[tuple[Any, ...]] = []
         append = out.append
         flat = FLAT_FIELDS

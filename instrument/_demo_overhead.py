@@ -20,7 +20,8 @@ import gc
 import io
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from time import thread_time
 from types import ModuleType
@@ -115,16 +116,35 @@ def _built(module: ModuleType, adapter: str, bare: bool) -> Any:
 
 
 def _privatise(node: Any, private: Recorder) -> int:
-    """Point every kit middleware in a chain of ``.app`` links at ``private``."""
+    """Kit middlewares in a chain of ``.app`` links (they store into ``private`` meanwhile)."""
     found = 0
     for _ in range(32):
         if node is None:
             break
-        if hasattr(node, "_rec") and type(node).__module__.startswith("instrument."):
-            node._rec = private
+        if type(node).__name__ == "InstrumentMiddleware" \
+                and type(node).__module__.startswith("instrument."):
             found += 1
         node = getattr(node, "app", None)
     return found
+
+
+@contextmanager
+def _private_buffer(private: Recorder) -> Iterator[None]:
+    """Point the middlewares' buffer at ``private``: the benchmark's samples are not stored.
+
+    The middlewares store into their module's ``_rec`` and ``_buf`` (bound once, for a
+    cheaper request path), so those are what is swapped, and put back afterwards.
+    """
+    from . import asgi, wsgi
+
+    saved = [(m, m._rec, m._buf) for m in (wsgi, asgi)]
+    for m, _, _ in saved:
+        m._rec, m._buf = private, private.buf  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for m, rec, buf in saved:
+            m._rec, m._buf = rec, buf  # type: ignore[attr-defined]
 
 
 def _compare(app: str, target: str, bare: Run, instrumented: Run, private: Recorder,
@@ -149,8 +169,14 @@ def _compare(app: str, target: str, bare: Run, instrumented: Run, private: Recor
 def measure(flask_module: ModuleType, fastapi_module: ModuleType, *, rounds: int = ROUNDS,
             calls: int = CALLS) -> list[Result]:
     """Bare against instrumented for both example apps; about 2 x rounds x calls calls each."""
-    results = []
     private = Recorder(capacity=1 << 20)
+    with _private_buffer(private):
+        return _measure(flask_module, fastapi_module, private, rounds, calls)
+
+
+def _measure(flask_module: ModuleType, fastapi_module: ModuleType, private: Recorder,
+             rounds: int, calls: int) -> list[Result]:
+    results = []
     flask_bare = _built(flask_module, "Instrument", bare=True)
     flask_kit = _built(flask_module, "Instrument", bare=False)
     if not _privatise(flask_kit.wsgi_app, private):

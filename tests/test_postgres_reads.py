@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +34,7 @@ from instrument.metrics_collector import get_metrics_collector
 from instrument.wsgi import InstrumentMiddleware
 from tests.dashboard_fixtures import TOKEN, fire_alert, running_server
 from tests.pg_cluster import PgCluster, pg_cluster
-from tests.servers import werkzeug_server
+from tests.servers import wait_until, werkzeug_server
 
 API = "/api/v1/monitoring/"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -61,6 +62,14 @@ def _shop(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     log.info("served %s", path)
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
     return [b"ok"]
+
+
+def _stored(path: Path) -> int:
+    """Requests in the SQLite twin of the PostgreSQL store (0 before its first write)."""
+    if not path.exists():
+        return 0
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("SELECT count(*) FROM api_metrics").fetchone()[0])
 
 
 def _same(a: Any, b: Any, where: str = "") -> None:
@@ -121,7 +130,11 @@ def test_every_dashboard_endpoint_answers_from_postgresql_as_from_sqlite(
                     "network_bytes_sent": 1_000_000 + 5_000 * i,
                     "network_bytes_recv": 2_000_000 + 9_000 * i, "active_connections": 3 + i % 2,
                     "pid": 77}))
-            assert instrument.flush(20.0)
+            # The server records a request when it closes the response, which may come just
+            # after the client has read the body: wait for the last one to end, then flush.
+            wait_until(lambda: runtime.recorder.in_flight == 0, timeout=10)
+            assert wait_until(lambda: instrument.flush(20.0) and _stored(sqlite_file) == 40,
+                              timeout=20)
             # The app's own in-process dashboard reads PostgreSQL (INSTRUMENT_STORAGE).
             mounted = for_settings(runtime.settings)  # the one the middleware serves
             assert mounted.api.db.path == url
