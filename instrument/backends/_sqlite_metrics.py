@@ -177,18 +177,21 @@ def insert_rows(conn: sqlite3.Connection, head: str, width: int,
     n = len(rows)
     if not n:
         return
-    flat = list(chain.from_iterable(rows))
     per = max(1, _MAX_PARAMS // width)
-    step = per * width
-    full = n // per * step
-    if full:
-        conn.executemany(_sql(head, width, per, tail),
-                         [flat[i:i + step] for i in range(0, full, step)])
-    i, left = full, n % per
+    # One statement's parameters at a time: a whole batch flattened at once would add
+    # megabytes to the process's peak memory under load.
+    i = 0
+    if n >= per:
+        sql = _sql(head, width, per, tail)
+        for i in range(0, n - per + 1, per):
+            conn.execute(sql, list(chain.from_iterable(rows[i:i + per])))
+        i += per
+    left = n - i
     for size in _TAIL_SIZES:
         while left >= size:
-            conn.execute(_sql(head, width, size, tail), flat[i:i + size * width])
-            i += size * width
+            conn.execute(_sql(head, width, size, tail),
+                         list(chain.from_iterable(rows[i:i + size])))
+            i += size
             left -= size
 
 
