@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
@@ -147,9 +147,14 @@ def search_logs(db: Database, *, text: str | None = None, level: int | str | Non
                     f"Cannot parse search text {text!r}: {msg}. Put words with punctuation "
                     'in double quotes, e.g. "user-42".') from None
             raise
+    return _items(rows, _COLUMNS)
+
+
+def _items(rows: Iterable[Sequence[Any]], columns: Sequence[str]) -> list[dict[str, Any]]:
+    """Result rows as dicts, ``extra`` decoded from its JSON (kept as text if it is not)."""
     out = []
     for row in rows:
-        item = dict(zip(_COLUMNS, row, strict=True))
+        item = dict(zip(columns, row, strict=True))
         if item["extra"]:
             try:
                 item["extra"] = json.loads(item["extra"])

@@ -16,11 +16,10 @@ is a bound parameter; only fixed SQL fragments are joined.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
-from ..logsearch import _COLUMNS, _MAX_LIMIT, LogQueryError, When, _iso, _levelno
+from ..logsearch import _COLUMNS, _MAX_LIMIT, LogQueryError, When, _iso, _items, _levelno
 from ._pg_read import PgQueryConnection, is_pg_url
 
 __all__ = ["compile_text", "handles", "search_logs"]
@@ -177,13 +176,4 @@ def search_logs(db: Any, *, text: str | None = None, level: int | str | None = N
             rows = conn.execute(sql, params).fetchall()
         finally:
             conn.close()
-    out = []
-    for row in rows:
-        item = dict(zip((*_COLUMNS, "host"), row, strict=True))
-        if item["extra"]:
-            try:
-                item["extra"] = json.loads(item["extra"])
-            except ValueError:
-                pass
-        out.append(item)
-    return out
+    return _items(rows, (*_COLUMNS, "host"))
