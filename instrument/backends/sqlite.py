@@ -107,9 +107,10 @@ def connect(path: str, *, timeout: float = 5.0, readonly: bool = False) -> sqlit
         conn.execute("PRAGMA page_size = 8192")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
-        # Writers append near the end of each table: 1 MiB of page cache writes as fast as
-        # the default 2 MiB (benchmarks/flusher.py) and is resident memory the app keeps.
-        conn.execute("PRAGMA cache_size = -1024")
+        # Writers append near the end of each table: 512 KiB of page cache (64 pages) holds
+        # every table's and index's right edge and writes as fast as the default 2 MiB
+        # (benchmarks/flusher.py); the rest would be resident memory the app keeps.
+        conn.execute("PRAGMA cache_size = -512")
         # Every flush rewrites the same hot pages (this minute's rollups, the open tiers):
         # checkpointing every 16 MiB of WAL rather than every 1,000 pages copies them
         # into the database a quarter as often (4 KiB pages), ~8 % of a small batch's cost.
