@@ -4,9 +4,13 @@ Wall-clock figures on a shared 2-core VM swing by 2x from run to run; an
 instruction count does not. Each variant (bare app, the least possible
 middleware, the kit) is run under valgrind's callgrind twice, with N and
 N + DELTA requests; the difference divided by DELTA is what one request costs,
-start-up and warm-up cancelled out. ``PYTHONHASHSEED`` is fixed so dict layouts,
-and so the counts, repeat exactly. The flusher thread stays asleep (a long
-interval; the requests stay under the buffer's high-water mark).
+start-up and warm-up cancelled out. Flask's ``lists`` variant is the bare app
+with only the adapter's response class (a whole bytes body handed to the
+server as a list, not wrapped in werkzeug's generator and ``ClosingIterator``):
+it shows what that saves the app, so ``kit - lists`` is the middleware's own cost.
+``PYTHONHASHSEED`` is fixed so dict layouts, and so the counts, repeat exactly.
+The flusher thread stays asleep (a long interval; the requests stay under the
+buffer's high-water mark).
 
 Needs ``valgrind`` (``make bench`` installs it). Run:
 ``python benchmarks/instructions.py [--quick] [--json PATH]``.
@@ -28,7 +32,7 @@ from _common import parser, print_table, write_json
 HERE = os.path.dirname(os.path.abspath(__file__))
 GROUPS = {
     "wsgi": ("bare", "floor", "kit"),
-    "flask": ("bare", "kit"),
+    "flask": ("bare", "lists", "kit"),
     "asgi": ("bare", "floor", "kit"),
     "starlette": ("bare", "kit"),
     "fastapi": ("bare", "kit"),
@@ -46,10 +50,12 @@ def _runner(group: str, variant: str) -> Any:
             from instrument.wsgi import InstrumentMiddleware
             app = {"bare": ov._hello, "floor": floor_wsgi(ov._hello)}.get(variant)
             return wsgi_runner(app or InstrumentMiddleware(ov._hello), "/hello")
-        from instrument.flask import Instrument
+        from instrument.flask import Instrument, _response_class
         flask_app = ov._flask_app()
         if variant == "kit":
             Instrument(flask_app)
+        elif variant == "lists":  # only the adapter's response class: what werkzeug saves
+            flask_app.response_class = _response_class(flask_app.response_class)
         return wsgi_runner(flask_app, "/items/42")
     from starlette.middleware import Middleware
 
