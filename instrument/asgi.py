@@ -70,9 +70,11 @@ class _Exchange:
         if kind == "http.response.start":
             self.status = message["status"]
             rid = self.rid
-            if rid is not None:  # a new list: the app may reuse its headers
-                message["headers"] = [*message.get("headers", ()),
-                                      (_RID_NAME, rid.encode("ascii"))]
+            # A new list: the app may reuse its headers. Ids are ASCII (incoming ones are
+            # checked), so the default codec's fast path encodes them right.
+            if rid is not None:
+                message["headers"] = [*message.get("headers", ()),  # ids are ASCII: utf-8 is
+                                      (_RID_NAME, rid.encode())]
             self.tf = perf_counter()
             return self._send(message)
         if kind == "http.response.pathsend":
