@@ -114,11 +114,18 @@ class Recorder:
 
     def drain(self, limit: int) -> list[tuple[Any, ...]]:
         """Pop about ``limit`` samples' worth in arrival order, as tuples (flusher thread only)."""
+        return self.drain_slots(min(limit * SLOTS, len(self.buf)))[0]
+
+    def drain_slots(self, count: int) -> tuple[list[tuple[Any, ...]], int]:
+        """Pop ``count`` slots (at most what is buffered), and the rest of a record they cut.
+
+        Returns the samples, as tuples in arrival order, and the slots popped.
+        """
         buf = self.buf
         pop = buf.popleft
         # Only whole records are ever in the deque, so a cut record's rest is there to pop.
         # starmap calls popleft from C: half the cost of a comprehension's Python loop.
-        items = list(starmap(pop, repeat((), min(limit * SLOTS, len(buf)))))
+        items = list(starmap(pop, repeat((), count)))
         out: list[tuple[Any, ...]] = []
         append = out.append
         flat = FLAT_FIELDS
@@ -135,7 +142,7 @@ class Recorder:
                 n += 1
             append(tuple(items[i:j]))
             i = j
-        return out
+        return out, n
 
     def reset_after_fork(self) -> None:
         """Forget the parent's samples: the parent flushes them, not the child."""

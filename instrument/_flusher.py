@@ -23,7 +23,7 @@ from itertools import chain
 from typing import Any
 
 from ._aggregate import Aggregator, Batch
-from ._buffer import Recorder
+from ._buffer import SLOTS, Recorder
 from ._context import top_up
 from ._inflight import Gauge
 from ._suppress import suppressed
@@ -32,36 +32,41 @@ __all__ = ["BackendState", "Flusher"]
 
 log = logging.getLogger("instrument")
 
-_DRAIN_LIMIT = 50_000
-_CHUNK = 1024  # samples drained at a time within a cycle
+_DRAIN_LIMIT = 50_000 * SLOTS  # buffer slots aggregated into one batch at most
+_CHUNK = 1024 * SLOTS  # slots drained at a time while a batch is aggregated
 _BACKOFF_MIN = 0.5
 _BACKOFF_MAX = 30.0
 _MAX_PENDING = 256  # batches kept per failing backend before the oldest is given up
 
 
 class _Feed:
-    """A cycle's samples, drained from the buffer a chunk at a time as the aggregator reads.
+    """The ``slots`` buffered when a batch begins, drained a chunk at a time as it is aggregated.
 
     Draining them all first kept every sample tuple alive until the batch was built:
     at 5,000 requests a second that was 0.7 MB more resident memory (16,384 samples under
     load, 2.2 MB). ``chain`` iterates the chunks in C, so a sample costs no more to read.
+    The budget is fixed at the start, so samples that arrive meanwhile wait for the next
+    batch: under overload a batch stays the buffer's size and the cycle ends.
     """
 
-    __slots__ = ("count", "drain", "limit")
+    __slots__ = ("count", "drain", "slots")
 
-    def __init__(self, drain: Callable[[int], list[tuple[Any, ...]]], limit: int) -> None:
+    def __init__(self, drain: Callable[[int], tuple[list[tuple[Any, ...]], int]],
+                 slots: int) -> None:
         self.drain = drain
-        self.limit = limit
+        self.slots = slots
         self.count = 0
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         return chain.from_iterable(self._chunks())
 
     def _chunks(self) -> Iterator[list[tuple[Any, ...]]]:
-        while self.count < self.limit:
-            part = self.drain(min(_CHUNK, self.limit - self.count))
+        left = self.slots
+        while left > 0:
+            part, popped = self.drain(min(_CHUNK, left))
             if not part:
                 return
+            left -= popped
             self.count += len(part)
             yield part
 
@@ -233,7 +238,7 @@ class Flusher:
         while buf:  # only this thread drains: what is there now is there to aggregate
             if hold and held is None:
                 held, self._held_at = Batch(), started
-            feed = _Feed(self.recorder.drain, _DRAIN_LIMIT)
+            feed = _Feed(self.recorder.drain_slots, min(len(buf), _DRAIN_LIMIT))
             batch = self.aggregator.aggregate(feed, held)
             moved += feed.count
             if not hold and held is not None:  # this drain's rows carry what was held
@@ -242,7 +247,7 @@ class Flusher:
                 batch.samples, held = held.samples, None
             if batch.samples or batch.requests or batch.calls or batch.other:
                 last = self._queue(batch)
-            if feed.count < _DRAIN_LIMIT:
+            if feed.slots < _DRAIN_LIMIT:
                 break
         if not hold and held is not None:  # held rollups, and no samples came to carry them
             last, held = self._queue(held), None

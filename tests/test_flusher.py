@@ -322,3 +322,39 @@ def test_thread_start_failure_falls_back_to_synchronous_flush(
     job()
     assert instrument.flush(0.2) is False
     assert "injected failure" in instrument.stats()["backends"][0]["last_error"]
+
+
+def test_a_batch_is_what_was_buffered_when_it_began_even_as_samples_keep_coming() -> None:
+    """Samples arriving while a batch is aggregated wait for the next one: a cycle always ends."""
+    from instrument._buffer import Recorder
+
+    t0 = time.perf_counter()
+    arrivals = itertools.count()
+
+    class Producing(Recorder):
+        """Requests keep arriving, 3,000 for each chunk the flusher drains: an overload."""
+
+        __slots__ = ("producing",)
+
+        def drain_slots(self, count: int) -> Any:
+            for _ in range(3000 if self.producing else 0):
+                next(arrivals)
+                self.add_flat(("http", t0, t0 + 0.02, 0.0, "/b", "POST", 201, 5, 1, None, False))
+            return super().drain_slots(count)
+
+    recorder = Producing(capacity=100_000)
+    recorder.producing = True
+    backend = MemoryBackend()
+    flusher = _flusher.Flusher(recorder, [backend], interval=3600)
+    for _ in range(5000):
+        recorder.add_flat(("http", t0, t0 + 0.01, t0 + 0.005, "/a", "GET", 200, 0, 10, None, False))
+    flusher._cycle()
+    [batch] = backend.batches
+    assert len(batch) == 5000
+    assert {row[1] for row in batch.requests} == {"/a"}
+    arrived = next(arrivals)
+    assert arrived >= 3000 and recorder.buffered == arrived  # later arrivals wait, none lost
+    recorder.producing = False
+    flusher._cycle()
+    assert len(backend.batches[1]) == arrived
+    assert {row[1] for row in backend.batches[1].requests} == {"/b"}
