@@ -167,9 +167,12 @@ def _timed_base() -> type:
     return _bases[0]
 
 
-def _proxy_class(func: Any, wrapper: Callable[..., Any]) -> type:
-    def __call__(self: Any, /, *args: Any, **kwargs: Any) -> Any:
-        return wrapper(func, None, args, kwargs)
+def _proxy_class(func: Any, wrapper: Callable[..., Any], name: str) -> type:
+    if wrapper.__name__ == "sync_wrapper":
+        __call__ = _sync_call(func, name)
+    else:
+        def __call__(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+            return wrapper(func, None, args, kwargs)
 
     namespace: dict[str, Any] = {"__slots__": (), "__call__": __call__}
     if type(func) is FunctionType:
@@ -177,6 +180,32 @@ def _proxy_class(func: Any, wrapper: Callable[..., Any]) -> type:
             return self if instance is None else MethodType(self, instance)
         namespace["__get__"] = __get__
     return type("TimedFunction", (_timed_base(),), namespace)
+
+
+def _sync_call(func: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """``__call__`` for a plain function: ``sync_wrapper``'s work in this one frame."""
+    rec = _rec
+    buf = rec.buf  # cleared in place, never replaced
+    add = rec.add
+
+    def __call__(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+        if _rt.state != ON and not _live():
+            return func(*args, **kwargs)
+        t0 = perf_counter()
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as e:
+            add((KIND_CALL, t0, perf_counter(), name, type(e)))
+            raise
+        n = len(buf)  # Recorder.add inlined, as in sync_wrapper
+        if n < rec.cap:
+            buf.extend((KIND_CALL, t0, perf_counter(), name, None))  # flat: see _buffer
+            if rec.high <= n < rec.high_end:
+                rec.wake()
+        else:
+            next(rec.drops)
+        return result
+    return __call__
 
 
 @overload
@@ -196,7 +225,7 @@ def timed(func: Any = None, /, *, name: str | None = None) -> Any:
         t = _unwrap(f)
         label = name or f"{getattr(t, '__module__', '?')}.{getattr(t, '__qualname__', repr(t))}"
         wrapper = _make_wrapper(f, label)
-        return _proxy_class(f, wrapper)(f, wrapper)
+        return _proxy_class(f, wrapper, label)(f, wrapper)
 
     if func is None:
         return decorate
