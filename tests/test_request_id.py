@@ -246,6 +246,37 @@ def test_asgi_crlf_in_id_cannot_inject_a_header(memory: MemoryBackend) -> None:
     assert get_request_id() is None
 
 
+@pytest.mark.parametrize("shape", [tuple, list])
+def test_asgi_finds_the_incoming_id_among_headers_of_either_shape(
+        memory: MemoryBackend, shape: Any) -> None:
+    """The caller's id is found as the last of several headers, sent as tuples or as lists."""
+    app = Starlette(routes=[Route("/echo", echo_asgi)])
+    app.add_middleware(asgi.InstrumentMiddleware)
+    sent: list[dict[str, Any]] = []
+    pairs = [(b"host", b"t"), (b"x-request", b"near-miss"), (b"x-request-idx", b"longer"),
+             (b"accept", b"*/*"), (b"x-request-id", b"caller-7")]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "GET", "scheme": "http", "path": "/echo", "raw_path": b"/echo",
+             "root_path": "", "query_string": b"", "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 80), "headers": [shape(p) for p in pairs]}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    for headers, expected in ((scope["headers"], b"caller-7"), (scope["headers"][:-1], None)):
+        sent.clear()
+        asyncio.run(app(dict(scope, headers=headers), receive, send))
+        [rid] = [v for k, v in sent[0]["headers"] if k == b"x-request-id"]
+        assert sent[1]["body"] == rid
+        if expected is None:
+            assert FRESH.fullmatch(rid.decode())
+        else:
+            assert rid == expected
+
+
 def test_asgi_tasks_never_mix_ids(memory: MemoryBackend) -> None:
     """Forty concurrent requests interleaved on one event loop each keep their own id."""
     n = 40
