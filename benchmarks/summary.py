@@ -98,8 +98,8 @@ def generate(path: str, requests: int, *, raw: bool, seed: int = 7,
                 errors += err
                 if raw:
                     ts = t_lo + rand() * 60.0
-                    pending.requests.append((iso_utc(ts), name, method, status, ms, 200, 1500,
-                                             err, ms * 0.5, None, 0, os.getpid()))
+                    pending.request_values.extend((iso_utc(ts), name, method, status, ms, 200, 1500,
+                                                    err, ms * 0.5, None, 0, os.getpid()))
         for half in (0.0, 30.0):  # a system reading and the app gauges every 30 s
             # Late in each 30 s slot: the 24 h window of a query made some seconds after
             # generation must still hold the oldest reading (one at `start` falls out).

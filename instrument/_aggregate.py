@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 from ._buffer import KIND_CALL, KIND_CLIENT, KIND_HTTP
@@ -20,7 +21,12 @@ from ._histogram import PER_DOUBLING
 if TYPE_CHECKING:
     from ._inflight import InFlight
 
-__all__ = ["OVERFLOW", "UNMATCHED", "Aggregator", "Batch", "iso_utc"]
+__all__ = ["CALL_WIDTH", "OVERFLOW", "REQUEST_WIDTH", "UNMATCHED", "Aggregator", "Batch",
+           "iso_utc"]
+
+#: Values in one raw request row and one raw call row (see :class:`Batch`).
+REQUEST_WIDTH = 12
+CALL_WIDTH = 8
 
 UNMATCHED = "__unmatched__"
 OVERFLOW = "__overflow__"
@@ -40,7 +46,12 @@ class Batch:
     ``requests`` rows: (timestamp, endpoint, method, status_code, response_time_ms,
     request_size_bytes, response_size_bytes, error_count, ttfb_ms, exception,
     client_disconnected, pid). ``calls`` rows: (timestamp, kind, name, method,
-    status_code, duration_ms, exception, pid). ``rollups`` map (minute, kind,
+    status_code, duration_ms, exception, pid). Both are held flat, row after row in
+    ``request_values`` (:data:`REQUEST_WIDTH` a row) and ``call_values``
+    (:data:`CALL_WIDTH`): a tuple per row made the flusher's batches the bulk of the
+    process's garbage-collector work (a young collection every 700 rows), and SQLite
+    binds a statement's parameters from one flat slice. ``requests`` and ``calls``
+    give them as tuples, for backends that want rows. ``rollups`` map (minute, kind,
     name, method, status) to [count, errors, sum_ms, max_ms, sum_ttfb_ms,
     request_bytes, response_bytes, {bucket: count}]. ``other`` carries samples of
     kinds this module does not aggregate (system readings, log records), by kind.
@@ -51,8 +62,8 @@ class Batch:
     reading of its HTTP requests in flight, set by the flusher (:mod:`instrument._inflight`).
     """
 
-    requests: list[tuple[Any, ...]] = field(default_factory=list)
-    calls: list[tuple[Any, ...]] = field(default_factory=list)
+    request_values: list[Any] = field(default_factory=list)
+    call_values: list[Any] = field(default_factory=list)
     rollups: dict[tuple[Any, ...], list[Any]] = field(default_factory=dict)
     other: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
     samples: int = 0
@@ -62,6 +73,24 @@ class Batch:
 
     def __len__(self) -> int:
         return self.samples
+
+    @property
+    def requests(self) -> list[tuple[Any, ...]]:
+        """The raw request rows as tuples (built on each access)."""
+        return list(zip(*[iter(self.request_values)] * REQUEST_WIDTH, strict=True))
+
+    @requests.setter
+    def requests(self, rows: Iterable[Sequence[Any]]) -> None:
+        self.request_values = list(chain.from_iterable(rows))
+
+    @property
+    def calls(self) -> list[tuple[Any, ...]]:
+        """The raw call rows as tuples (built on each access)."""
+        return list(zip(*[iter(self.call_values)] * CALL_WIDTH, strict=True))
+
+    @calls.setter
+    def calls(self, rows: Iterable[Sequence[Any]]) -> None:
+        self.call_values = list(chain.from_iterable(rows))
 
 
 class _Clock:
@@ -142,8 +171,8 @@ class Aggregator:
         if into is not None:
             for held in rollups.values():  # the size counts the loop expects, removed below
                 held[8:] = ({}, {})
-        requests = batch.requests
-        calls = batch.calls
+        requests = batch.request_values
+        calls = batch.call_values
         raw = self.raw_rows
         pid = self.pid
         excs = acc.exceptions
@@ -178,7 +207,7 @@ class Aggregator:
                 if raw:
                     # two table lookups: a third of the cost of "%06d" formatting
                     micro = floor((ts - sec_f) * 1e6)  # floor(): half the cost of int()
-                    requests.append((prefix + dot3[micro // 1000] + d3[micro % 1000], name,
+                    requests.extend((prefix + dot3[micro // 1000] + d3[micro % 1000], name,
                                      method, status, ms, qb, rb, err, ttfb, exc_name,
                                      1 if disc else 0, pid))
                 ttfb_sum = ttfb or 0.0
@@ -205,7 +234,7 @@ class Aggregator:
                     prefix = strftime("%Y-%m-%dT%H:%M:%S", gmtime(sec))
                 if raw:
                     micro = floor((ts - sec_f) * 1e6)
-                    calls.append((prefix + dot3[micro // 1000] + d3[micro % 1000], kind, name,
+                    calls.extend((prefix + dot3[micro // 1000] + d3[micro % 1000], kind, name,
                                   method, status, ms, exc_name, pid))
                 ttfb_sum = 0.0
             else:

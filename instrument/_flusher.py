@@ -245,7 +245,7 @@ class Flusher:
                 batch.rollups, batch.exceptions, batch.sizes = (held.rollups, held.exceptions,
                                                                 held.sizes)
                 batch.samples, held = held.samples, None
-            if batch.samples or batch.requests or batch.calls or batch.other:
+            if batch.samples or batch.request_values or batch.call_values or batch.other:
                 last = self._queue(batch)
             if feed.slots < _DRAIN_LIMIT:
                 break

@@ -93,7 +93,7 @@ class Gauge:
 
 def _reading_only(batch: Batch) -> bool:
     return (batch.in_flight is not None and not batch.samples and not batch.rollups
-            and not batch.other and not batch.requests and not batch.calls)
+            and not batch.other and not batch.request_values and not batch.call_values)
 
 
 # -- storage (SQLite and PostgreSQL alike; ``p`` is the placeholder) ------------------------

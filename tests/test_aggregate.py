@@ -174,3 +174,25 @@ def test_iso_utc_formats_with_microseconds() -> None:
     """Timestamps are ISO 8601 UTC with microseconds, like the rows store them."""
     assert iso_utc(0.5) == "1970-01-01T00:00:00.500000"
     assert iso_utc(86400 + 61.25) == "1970-01-02T00:01:01.250000"
+
+
+def test_a_batch_of_raw_rows_leaves_nothing_for_the_garbage_collector() -> None:
+    """10,000 requests and calls aggregate into a handful of GC-tracked objects, not a row each."""
+    import gc
+
+    samples = [_http(f"/r{i % 7}", ms=1.0 + i % 50) for i in range(8000)]
+    samples += [("call", T0, T0 + 0.002, "jobs.resize", None)] * 2000
+    agg = Aggregator()
+    agg.aggregate(samples[:100])  # first-use caches, outside the count
+    gc.collect()
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        before = len(gc.get_objects())
+        batch = agg.aggregate(samples)
+        added = len(gc.get_objects()) - before
+    finally:
+        if was:
+            gc.enable()
+    assert len(batch.requests) == 8000 and len(batch.calls) == 2000
+    assert added < 200  # rollup lists and dicts; a tuple per row would be 10,000 more

@@ -20,6 +20,7 @@ from instrument.backends._sqlite_metrics import (
     _merge_blobs,
     encode_hist,
     insert_rows,
+    insert_values,
     tier_rows,
 )
 from instrument.backends.sqlite import SQLiteBackend, connect
@@ -40,15 +41,21 @@ def _samples(n: int, start: float, step: float, seed: int = 3) -> list[tuple[Any
                   rng.choice((200, 200, 404, 500))) for i in range(n)]
 
 
-@pytest.mark.parametrize("width", [3, 12])
-@pytest.mark.parametrize("count", [0, 1, 63, 64, 65, 82, 83, 84, 166, 333, 1000])
-def test_insert_rows_stores_every_row_in_order(tmp_path: Path, width: int, count: int) -> None:
-    """Rows go in whole, in order, whatever the count around the per-statement chunk sizes."""
+@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("width", [3, 8, 12])
+@pytest.mark.parametrize("count", [0, 1, 3, 4, 5, 16, 17, 21, 63, 64, 65, 82, 83, 84, 124, 125,
+                                   166, 333, 1000])
+def test_insert_rows_stores_every_row_in_order(tmp_path: Path, width: int, count: int,
+                                               flat: bool) -> None:
+    """Rows, as tuples or held flat, go in whole and in order around every statement size."""
     conn = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
     cols = ", ".join(f"c{i}" for i in range(width))
     conn.execute(f"CREATE TABLE t (id INTEGER PRIMARY KEY, {cols})")
     rows = [tuple(r * width + c for c in range(width)) for r in range(count)]
-    insert_rows(conn, f"INSERT INTO t ({cols})", width, rows)
+    if flat:
+        insert_values(conn, f"INSERT INTO t ({cols})", width, [v for r in rows for v in r])
+    else:
+        insert_rows(conn, f"INSERT INTO t ({cols})", width, rows)
     assert conn.execute(f"SELECT {cols} FROM t ORDER BY id").fetchall() == rows
 
 

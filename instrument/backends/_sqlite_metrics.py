@@ -199,6 +199,32 @@ def insert_rows(conn: sqlite3.Connection, head: str, width: int,
             left -= size
 
 
+def insert_values(conn: sqlite3.Connection, head: str, width: int, values: Sequence[Any],
+                  tail: str = "") -> None:
+    """:func:`insert_rows` for rows held flat: ``width`` values after ``width`` values.
+
+    A statement's parameters are then one slice of the list, not a list rebuilt from
+    that many row tuples.
+    """
+    n = len(values) // width
+    if not n:
+        return
+    per = max(1, _MAX_PARAMS // width)
+    i = 0
+    if n >= per:
+        sql = _sql(head, width, per, tail)
+        step = per * width
+        for i in range(0, (n - per + 1) * width, step):
+            conn.execute(sql, values[i:i + step])
+        i = (i + step) // width
+    left = n - i
+    for size in _TAIL_SIZES:
+        while left >= size:
+            conn.execute(_sql(head, width, size, tail), values[i * width:(i + size) * width])
+            i += size
+            left -= size
+
+
 _PACK_INTO = struct.Struct("<q").pack_into
 
 

@@ -16,12 +16,13 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .._aggregate import Batch, iso_utc
+from .._aggregate import CALL_WIDTH, REQUEST_WIDTH, Batch, iso_utc
 from .._forkguard import sqlite_section
 from ._sqlite_logs import delete_logs_before, write_logs
 from ._sqlite_metrics import (
     delete_metrics_before,
     insert_rows,
+    insert_values,
     register,
     write_app,
     write_system,
@@ -140,8 +141,8 @@ def _escaped(value: Any) -> Any:
 
 def scrub(batch: Batch) -> None:
     """Escape, in place, text UTF-8 cannot encode (``'\\udcff'`` becomes ``'\\\\udcff'``)."""
-    batch.requests = _escaped(batch.requests)
-    batch.calls = _escaped(batch.calls)
+    batch.request_values = _escaped(batch.request_values)
+    batch.call_values = _escaped(batch.call_values)
     batch.rollups = _escaped(batch.rollups)
     batch.other = _escaped(batch.other)
     batch.exceptions = _escaped(batch.exceptions)
@@ -231,8 +232,8 @@ class SQLiteBackend:
         rollups = batch.rollups
         conn.execute("BEGIN IMMEDIATE")
         try:
-            insert_rows(conn, _INSERT_REQUEST, 12, batch.requests)
-            insert_rows(conn, _INSERT_CALL, 8, batch.calls)
+            insert_values(conn, _INSERT_REQUEST, REQUEST_WIDTH, batch.request_values)
+            insert_values(conn, _INSERT_CALL, CALL_WIDTH, batch.call_values)
             if rollups:
                 insert_rows(conn, "INSERT INTO metric_rollups", 12,
                             [(*k, *v[:7]) for k, v in rollups.items()], _UPSERT_ROLLUP)
