@@ -119,13 +119,16 @@ class Recorder:
     def drain_slots(self, count: int) -> tuple[list[tuple[Any, ...]], int]:
         """Pop ``count`` slots (at most what is buffered), and the rest of a record they cut.
 
+        Only one thread drains at a time (the flusher's, or callers of a synchronous flush
+        taking turns), so what is buffered stays there until it is popped.
+
         Returns the samples, as tuples in arrival order, and the slots popped.
         """
         buf = self.buf
         pop = buf.popleft
         # Only whole records are ever in the deque, so a cut record's rest is there to pop.
         # starmap calls popleft from C: half the cost of a comprehension's Python loop.
-        items = list(starmap(pop, repeat((), count)))
+        items = list(starmap(pop, repeat((), min(count, len(buf)))))
         out: list[tuple[Any, ...]] = []
         append = out.append
         flat = FLAT_FIELDS

@@ -119,6 +119,7 @@ class Flusher:
         self.in_flight = Gauge(recorder, interval)
         self._event = threading.Event()
         self._cond = threading.Condition()
+        self._sync = threading.Lock()
         self._flush_requested = 0
         self._flush_done = 0
         self._stopping = False
@@ -151,7 +152,8 @@ class Flusher:
             if self._stopping:
                 return (not any(s.pending for s in self.states) and not self.recorder.buf
                         and self._held is None)
-            self._cycle(force_retry=True)
+            with self._sync:  # no thread: callers take turns draining
+                self._cycle(force_retry=True)
             return not any(s.pending for s in self.states)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
