@@ -237,7 +237,7 @@ class Flusher:
         moved = 0
         last: Batch | None = None
         buf = self.recorder.buf
-        while buf:  # only this thread drains: what is there now is there to aggregate
+        while buf:  # one drainer at a time: what is there now stays there to aggregate
             if hold and held is None:
                 held, self._held_at = Batch(), started
             feed = _Feed(self.recorder.drain_slots, min(len(buf), _DRAIN_LIMIT))
