@@ -35,7 +35,7 @@ import sqlite3
 import struct
 import sys
 from array import array
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import chain
 from typing import Any
 
@@ -167,6 +167,21 @@ def _sql(head: str, width: int, rows: int, tail: str) -> str:
     return sql
 
 
+def _statements(head: str, width: int, n: int, tail: str) -> Iterator[tuple[str, int, int]]:
+    """(SQL, first row, rows) covering ``n`` rows: full statements, then the tail sizes."""
+    per = max(1, _MAX_PARAMS // width)
+    i = 0
+    if n >= per:
+        sql = _sql(head, width, per, tail)
+        while n - i >= per:
+            yield sql, i, per
+            i += per
+    for size in _TAIL_SIZES:
+        while n - i >= size:
+            yield _sql(head, width, size, tail), i, size
+            i += size
+
+
 def insert_rows(conn: sqlite3.Connection, head: str, width: int,
                 rows: Sequence[Sequence[Any]], tail: str = "") -> None:
     """``head VALUES (..),(..),.. tail`` for ``rows`` of ``width`` values, many rows a statement.
@@ -178,25 +193,10 @@ def insert_rows(conn: sqlite3.Connection, head: str, width: int,
     rows of one statement. ``tail`` is an ``ON CONFLICT`` clause for upserts (keys must
     be distinct within ``rows``, as a batch's are).
     """
-    n = len(rows)
-    if not n:
-        return
-    per = max(1, _MAX_PARAMS // width)
     # One statement's parameters at a time: a whole batch flattened at once would add
     # megabytes to the process's peak memory under load.
-    i = 0
-    if n >= per:
-        sql = _sql(head, width, per, tail)
-        for i in range(0, n - per + 1, per):
-            conn.execute(sql, list(chain.from_iterable(rows[i:i + per])))
-        i += per
-    left = n - i
-    for size in _TAIL_SIZES:
-        while left >= size:
-            conn.execute(_sql(head, width, size, tail),
-                         list(chain.from_iterable(rows[i:i + size])))
-            i += size
-            left -= size
+    for sql, i, k in _statements(head, width, len(rows), tail):
+        conn.execute(sql, list(chain.from_iterable(rows[i:i + k])))
 
 
 def insert_values(conn: sqlite3.Connection, head: str, width: int, values: Sequence[Any],
@@ -206,23 +206,8 @@ def insert_values(conn: sqlite3.Connection, head: str, width: int, values: Seque
     A statement's parameters are then one slice of the list, not a list rebuilt from
     that many row tuples.
     """
-    n = len(values) // width
-    if not n:
-        return
-    per = max(1, _MAX_PARAMS // width)
-    i = 0
-    if n >= per:
-        sql = _sql(head, width, per, tail)
-        step = per * width
-        for i in range(0, (n - per + 1) * width, step):
-            conn.execute(sql, values[i:i + step])
-        i = (i + step) // width
-    left = n - i
-    for size in _TAIL_SIZES:
-        while left >= size:
-            conn.execute(_sql(head, width, size, tail), values[i * width:(i + size) * width])
-            i += size
-            left -= size
+    for sql, i, k in _statements(head, width, len(values) // width, tail):
+        conn.execute(sql, values[i * width:(i + k) * width])
 
 
 _PACK_INTO = struct.Struct("<q").pack_into
