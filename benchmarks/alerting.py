@@ -29,9 +29,9 @@ from typing import Any
 from _common import interleave, parser, print_table, write_json
 from summary import generate
 
-from instrument._alert_rules import AlertRule, Threshold, check, default_rules
-from instrument._alert_state import AlertSeverity, RuleState, step
 from instrument.alerting import AlertManager
+from instrument.alerting.rules import AlertRule, Threshold, check, default_rules
+from instrument.alerting.state import AlertSeverity, RuleState, step
 from instrument.metrics_collector import MetricsCollector
 
 METRICS: dict[str, dict[str, Any]] = {

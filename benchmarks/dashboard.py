@@ -36,9 +36,9 @@ from urllib.parse import urlencode
 import requests
 from _common import parser, print_table, write_json
 
-from instrument._aggregate import Batch
-from instrument._histogram import PER_DOUBLING
 from instrument.backends.sqlite import SQLiteBackend
+from instrument.core.aggregate import Batch
+from instrument.core.histogram import PER_DOUBLING
 from instrument.dashboard._app import _ASSETS, Dashboard
 from instrument.dashboard._http import Request
 from instrument.dashboard.server import make_dashboard_server

@@ -45,10 +45,10 @@ from typing import Any
 
 from _common import parser, print_table, write_json
 
-from instrument._aggregate import Aggregator
-from instrument._buffer import FLAT_FIELDS, Recorder
-from instrument._flusher import Flusher
 from instrument.backends.sqlite import SQLiteBackend
+from instrument.core.aggregate import Aggregator
+from instrument.core.buffer import FLAT_FIELDS, Recorder
+from instrument.core.flusher import Flusher
 
 TARGET = 100_000.0  # samples/s for aggregate + SQLite write
 BATCH = 16_384  # the default buffer's high-water mark: the batch size under load

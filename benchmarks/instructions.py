@@ -50,7 +50,8 @@ def _runner(group: str, variant: str) -> Any:
             from instrument.wsgi import InstrumentMiddleware
             app = {"bare": ov._hello, "floor": floor_wsgi(ov._hello)}.get(variant)
             return wsgi_runner(app or InstrumentMiddleware(ov._hello), "/hello")
-        from instrument.flask import Instrument, _response_class
+        from instrument.adapters.flask import _response_class
+        from instrument.flask import Instrument
         flask_app = ov._flask_app()
         if variant == "kit":
             Instrument(flask_app)

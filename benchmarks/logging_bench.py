@@ -34,10 +34,10 @@ from _common import interleave, parser, print_table, write_json
 
 import instrument
 from instrument import asgi, wsgi
-from instrument._aggregate import Batch
-from instrument._buffer import Recorder
-from instrument._runtime import runtime
 from instrument.backends.sqlite import SQLiteBackend
+from instrument.core.aggregate import Batch
+from instrument.core.buffer import Recorder
+from instrument.core.runtime import runtime
 from instrument.logs import JsonFormatter, StoreHandler, request_context
 from instrument.logsearch import search_logs
 from instrument.testing import MemoryBackend

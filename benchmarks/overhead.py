@@ -44,8 +44,8 @@ from _common import (
 )
 
 import instrument
-from instrument._context import READERS
-from instrument._runtime import runtime
+from instrument.core.context import READERS
+from instrument.core.runtime import runtime
 
 #: Upper bound (µs) on the median overhead of the kit's default variant in each group.
 TARGETS = {"wsgi": 3.0, "flask": 5.0, "asgi": 5.0, "starlette": 5.0, "fastapi": 5.0,

@@ -31,7 +31,7 @@ from _common import parser, print_table, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.pg_cluster
 
-from instrument._aggregate import Aggregator, Batch
+from instrument.core.aggregate import Aggregator, Batch
 
 
 def batches(total: int, size: int, routes: int, raw: bool, seed: int = 1) -> list[Batch]:

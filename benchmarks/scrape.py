@@ -71,8 +71,8 @@ def _samples(routes: int) -> list[tuple[Any, ...]]:
 
 def populate_instrument(db: Path, restarts: int, routes: int) -> float:
     """N writers, each a fresh backend with its own pid, add one batch: returns seconds."""
-    from instrument._aggregate import Aggregator
     from instrument.backends.sqlite import SQLiteBackend
+    from instrument.core.aggregate import Aggregator
 
     samples = _samples(routes)
     t0 = time.perf_counter()

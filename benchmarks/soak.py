@@ -49,7 +49,7 @@ from _common import parser, print_table, write_json
 
 APP = textwrap.dedent('''
     import atexit, json, os
-    from instrument._runtime import runtime
+    from instrument.core.runtime import runtime
     from instrument.asgi import InstrumentMiddleware as ASGIInstrument
     from instrument.wsgi import InstrumentMiddleware
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ._runtime import runtime as _runtime
-from .config import ConfigError, Settings
-from .decorators import timed, timer
+from instrument.adapters.decorators import timed, timer
+from instrument.config import ConfigError, Settings
+from instrument.core.runtime import runtime as _runtime
 
 __all__ = [
     "ConfigError",

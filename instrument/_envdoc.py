@@ -1,7 +1,7 @@
 """Every environment variable the kit reads, as ``examples/.env.example`` or a README table.
 
 Both are generated from the tables the readers use (``instrument.config.VARIABLES``
-and ``instrument._alert_config.ALERT_VARIABLES``), so the documentation cannot
+and ``instrument.alerting.config.ALERT_VARIABLES``), so the documentation cannot
 drift from the code; a test checks the checked-in ``.env.example`` is current.
 
 Run: ``python -m instrument._envdoc env > examples/.env.example`` or
@@ -15,9 +15,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ._alert_config import ALERT_VARIABLES
-from ._alert_rules import DEFAULT_RULE_NAMES
-from .config import VARIABLES, Variable
+from instrument.alerting.config import ALERT_VARIABLES
+from instrument.alerting.rules import DEFAULT_RULE_NAMES
+from instrument.config import VARIABLES, Variable
 
 __all__ = ["SECTIONS", "default_text", "main", "render_env", "render_markdown"]
 

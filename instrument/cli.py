@@ -55,18 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        from ._demo import DemoOptions, run_demo
+        from instrument.demo.run import DemoOptions, run_demo
 
         return run_demo(DemoOptions(duration=args.duration, requests=args.requests,
                                     concurrency=args.concurrency, db=args.db,
                                     no_traffic=args.no_traffic))
     if args.command == "dashboard":
-        from .dashboard.server import run
+        from instrument.dashboard.server import run
 
         return run(args.db, alerts_db=args.alerts_db, host=args.host, port=args.port,
                    public=args.public)
     if args.command == "exporter":
-        from ._exporter import run_exporter
+        from instrument.exporters.serve import run_exporter
 
         return run_exporter(db=args.db, storage=args.storage, host=args.host, port=args.port,
                             all_hosts=args.all_hosts)

@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._runtime import ON, runtime
-from .config import ConfigError, Settings
-from .metrics_collector import MetricsCollector, get_metrics_collector
+from instrument.config import ConfigError, Settings
+from instrument.core.runtime import ON, runtime
+from instrument.system.collector import MetricsCollector, get_metrics_collector
 
 __all__ = [
     "MonitoringSystem",
@@ -86,7 +86,7 @@ def _start_alerts(alerts: Mapping[str, Any] | None, enable_email_alerts: bool | 
                   environ: Mapping[str, str] | None) -> Any:
     global _alert_options
     try:
-        from . import alerting
+        from instrument import alerting
     except ImportError:  # alerting not installed in this build: metrics only
         return None
     options: dict[str, Any] = dict(alerts or {})

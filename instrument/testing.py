@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ._aggregate import Batch
+from instrument.core.aggregate import Batch
 
 __all__ = ["FailingBackend", "MemoryBackend", "capture_samples"]
 
@@ -74,7 +74,7 @@ class FailingBackend(MemoryBackend):
 @contextmanager
 def capture_samples(**options: Any) -> Iterator[MemoryBackend]:
     """Run the block with an in-memory backend; flushed when the block ends."""
-    from ._runtime import runtime
+    from instrument.core.runtime import runtime
 
     backend = MemoryBackend()
     runtime.configure(backends=[backend], **options)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import instrument
-from instrument._runtime import runtime
+from instrument.core.runtime import runtime
 from instrument.testing import MemoryBackend
 
 

@@ -20,8 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from instrument._aggregate import Aggregator
 from instrument.backends.sqlite import SQLiteBackend
+from instrument.core.aggregate import Aggregator
 from instrument.dashboard import Dashboard
 from instrument.dashboard.server import DashboardServer, make_dashboard_server
 

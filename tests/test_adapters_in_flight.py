@@ -10,8 +10,8 @@ from typing import Any
 
 import requests
 
-from instrument._runtime import runtime
 from instrument.asgi import InstrumentMiddleware as AsgiMiddleware
+from instrument.core.runtime import runtime
 from instrument.wsgi import InstrumentMiddleware as WsgiMiddleware
 from tests.servers import uvicorn_server, wait_until, werkzeug_server
 

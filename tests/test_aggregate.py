@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 import instrument
-from instrument._aggregate import OVERFLOW, UNMATCHED, Aggregator, iso_utc
-from instrument._runtime import runtime
+from instrument.core.aggregate import OVERFLOW, UNMATCHED, Aggregator, iso_utc
+from instrument.core.runtime import runtime
 from instrument.testing import MemoryBackend
 
 T0 = time.perf_counter()

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from instrument._alert_state import Alert, AlertEvent, AlertSeverity
 from instrument.alerting import AlertManager, AlertRule
-from instrument.backends._channel import DeliveryError
-from instrument.backends._http import HTTPClient, parse_retry_after
+from instrument.alerting.channels.base import DeliveryError
+from instrument.alerting.channels.http import HTTPClient, parse_retry_after
+from instrument.alerting.state import Alert, AlertEvent, AlertSeverity
 from instrument.backends.email import EmailChannel
 from instrument.backends.pagerduty import PagerDutyChannel
 from instrument.backends.slack import SlackChannel

@@ -20,8 +20,6 @@ from typing import Any
 
 import pytest
 
-from instrument._alert_state import AlertStatus, RuleState, acknowledge, step
-from instrument._suppress import is_suppressed
 from instrument.alerting import (
     Alert,
     AlertManager,
@@ -31,8 +29,10 @@ from instrument.alerting import (
     get_alert_manager,
     reset_alert_manager,
 )
-from instrument.backends._channel import DeliveryError
+from instrument.alerting.channels.base import DeliveryError
+from instrument.alerting.state import AlertStatus, RuleState, acknowledge, step
 from instrument.config import ConfigError
+from instrument.core.suppress import is_suppressed
 
 
 class Clock:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import threading
 
-from instrument._buffer import KIND_CALL, KIND_HTTP, SLOTS, Recorder
+from instrument.core.buffer import KIND_CALL, KIND_HTTP, SLOTS, Recorder
 
 
 def _http(i: int, tid: int = 0) -> tuple[object, ...]:

@@ -16,7 +16,7 @@ import pytest
 
 import instrument
 from instrument import startup
-from instrument._runtime import ON, runtime
+from instrument.core.runtime import ON, runtime
 from instrument.metrics_collector import reset_metrics_collector
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import psutil
 import pytest
 
-from instrument._system import SYSTEM_COLUMNS, SystemReader
+from instrument.system.reader import SYSTEM_COLUMNS, SystemReader
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

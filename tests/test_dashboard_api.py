@@ -383,7 +383,7 @@ def test_health_standalone_reports_store_facts(server: DashboardServer, data: Po
 def test_health_in_process_degrades_on_backend_errors(tmp_path: Path) -> None:
     """In an app whose backend is failing, health says degraded and names the backend."""
     instrument.configure(backends=[FailingBackend(failures=1000)], flush_interval=0.05)
-    from instrument._runtime import runtime
+    from instrument.core.runtime import runtime
 
     runtime.recorder.add(("call", 0.0, 0.001, "x", None))
     wait_until(lambda: runtime.stats()["backends"][0]["consecutive_failures"] >= 1,
@@ -440,8 +440,8 @@ def test_instrument_dashboard_command_serves_until_terminated(data: Populated) -
 # -- caches follow late data ---------------------------------------------------------------------
 def test_caches_pick_up_late_writes_to_old_slots(tmp_path: Path) -> None:
     """Rows flushed late into an already-served slot change the next answer (no stale cache)."""
-    from instrument._aggregate import Aggregator
     from instrument.backends.sqlite import SQLiteBackend
+    from instrument.core.aggregate import Aggregator
     from instrument.dashboard._http import Request
 
     db = tmp_path / "late.db"

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
-from instrument._aggregate import Aggregator
 from instrument.backends.sqlite import SQLiteBackend
+from instrument.core.aggregate import Aggregator
 from instrument.dashboard.server import DashboardServer
 from tests.dashboard_fixtures import (
     TOKEN,

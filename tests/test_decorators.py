@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import instrument
-from instrument._runtime import runtime
+from instrument.core.runtime import runtime
 from instrument.testing import MemoryBackend
 
 

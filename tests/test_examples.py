@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from instrument._alert_config import ALERT_VARIABLES
 from instrument._envdoc import render_env
+from instrument.alerting.config import ALERT_VARIABLES
 from instrument.config import VARIABLES
 from tests.servers import HOST, listening_socket, query, wait_until
 

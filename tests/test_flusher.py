@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 import instrument
-from instrument import _flusher
-from instrument._aggregate import Batch
-from instrument._runtime import runtime
+from instrument.core import flusher as _flusher
+from instrument.core.aggregate import Batch
+from instrument.core.runtime import runtime
 from instrument.testing import FailingBackend, MemoryBackend
 
 
@@ -326,7 +326,7 @@ def test_thread_start_failure_falls_back_to_synchronous_flush(
 
 def test_a_batch_is_what_was_buffered_when_it_began_even_as_samples_keep_coming() -> None:
     """Samples arriving while a batch is aggregated wait for the next one: a cycle always ends."""
-    from instrument._buffer import Recorder
+    from instrument.core.buffer import Recorder
 
     t0 = time.perf_counter()
     arrivals = itertools.count()
@@ -362,7 +362,7 @@ def test_a_batch_is_what_was_buffered_when_it_began_even_as_samples_keep_coming(
 
 def test_synchronous_flushes_from_many_threads_lose_nothing() -> None:
     """With no flusher thread, callers flushing at once take turns: every sample arrives once."""
-    from instrument._buffer import Recorder
+    from instrument.core.buffer import Recorder
 
     recorder = Recorder(capacity=100_000)
     backend = MemoryBackend()

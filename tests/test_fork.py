@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import instrument
-from instrument._runtime import runtime
+from instrument.core.runtime import runtime
 
 N_BEFORE, N_PARENT, N_CHILD = 30, 40, 25
 

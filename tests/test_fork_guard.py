@@ -3,7 +3,7 @@
 A thread that holds one of SQLite's in-process mutexes or file locks when another thread
 forks leaves it held forever in the child, whose own writes to the same file then hang.
 The kit's at-fork hook must wait until no kit thread is inside SQLite (see
-``instrument/_forkguard.py``); these tests fork repeatedly under busy readers of every kind.
+``instrument/core/forkguard.py``); these tests fork repeatedly under busy readers of every kind.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import instrument
-from instrument import _forkguard, logsearch, queries
-from instrument._alert_store import AlertStore
-from instrument._runtime import runtime
-from instrument._snapshot import SQLiteSource
+from instrument import logsearch, queries
+from instrument.alerting.store import AlertStore
 from instrument.backends.sqlite import connect
+from instrument.core import forkguard as _forkguard
+from instrument.core.runtime import runtime
 from instrument.dashboard._store import Connections, latest_system
+from instrument.exporters.snapshot import SQLiteSource
 
 FORKS = 12
 CHILD_ROWS = 20

@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 
-from instrument._aggregate import Aggregator
-from instrument._histogram import PER_DOUBLING, bucket_bounds, bucket_index, percentile
+from instrument.core.aggregate import Aggregator
+from instrument.core.histogram import PER_DOUBLING, bucket_bounds, bucket_index, percentile
 
 QUANTILES = (1, 10, 25, 50, 75, 90, 95, 99, 99.9, 100)
 

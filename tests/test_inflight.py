@@ -24,17 +24,17 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from instrument import _inflight
-from instrument._aggregate import Aggregator, Batch
-from instrument._buffer import Recorder
-from instrument._flusher import Flusher
-from instrument._inflight import InFlight, read_in_flight
-from instrument._snapshot import PostgreSQLSource, SQLiteSource
-from instrument.backends._pg_read import PgQueryConnection
-from instrument.backends._sqlite_totals import instance_name
 from instrument.backends.postgresql import PostgreSQLBackend
 from instrument.backends.sqlite import SQLiteBackend
+from instrument.core import inflight as _inflight
+from instrument.core.aggregate import Aggregator, Batch
+from instrument.core.buffer import Recorder
+from instrument.core.flusher import Flusher
+from instrument.core.inflight import InFlight, read_in_flight
+from instrument.exporters.snapshot import PostgreSQLSource, SQLiteSource
 from instrument.prometheus import InstrumentCollector
+from instrument.storage.pg_read import PgQueryConnection
+from instrument.storage.sqlite_totals import instance_name
 from instrument.testing import MemoryBackend
 from tests.pg_cluster import PgCluster, pg_cluster
 from tests.servers import gunicorn_server, wait_until

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 import instrument
-from instrument._aggregate import Batch
-from instrument.backends._sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from instrument.backends.sqlite import SQLiteBackend, connect
+from instrument.core.aggregate import Batch
 from instrument.logs import request_context, setup_logging
 from instrument.logsearch import LogQueryError, request_logs, search_logs
+from instrument.storage.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 
 T0 = datetime(2030, 1, 1, tzinfo=timezone.utc).timestamp()  # inside any retention window
 
@@ -220,7 +220,7 @@ def test_search_equals_a_brute_force_filter_on_out_of_order_batches(
     returns exactly the newest matches a plain Python filter finds."""
     import random
 
-    from instrument import logsearch
+    from instrument.storage import logsearch
 
     monkeypatch.setattr(logsearch, "_WINDOWS", (3, 7, 20))  # force every code path
     rng = random.Random(7)

@@ -32,8 +32,8 @@ from starlette.routing import Route
 
 import instrument
 from instrument import asgi
-from instrument._buffer import SLOTS, Recorder
-from instrument._suppress import suppressed
+from instrument.core.buffer import SLOTS, Recorder
+from instrument.core.suppress import suppressed
 from instrument.flask import Instrument
 from instrument.logs import (
     REDACTED,

@@ -29,8 +29,8 @@ from werkzeug.test import Client
 
 import instrument
 from instrument import metrics_collector, startup
-from instrument._runtime import ON, runtime
 from instrument.config import ConfigError
+from instrument.core.runtime import ON, runtime
 from instrument.flask import Instrument
 from instrument.metrics_collector import (
     MetricsCollector,

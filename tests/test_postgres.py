@@ -21,10 +21,10 @@ import pytest
 import requests
 
 import instrument
-from instrument._aggregate import Aggregator
-from instrument._runtime import runtime
-from instrument._snapshot import PostgreSQLSource
 from instrument.backends.postgresql import PostgreSQLBackend
+from instrument.core.aggregate import Aggregator
+from instrument.core.runtime import runtime
+from instrument.exporters.snapshot import PostgreSQLSource
 from instrument.wsgi import InstrumentMiddleware
 from tests.pg_cluster import PgCluster, pg_cluster
 from tests.servers import wait_until, werkzeug_server
@@ -154,7 +154,7 @@ def test_postgres_benchmark_quick_mode(pg: PgCluster, tmp_path: Path) -> None:
 
 def test_concurrent_writers_on_the_same_rows_add_up_exactly(pg: PgCluster) -> None:
     """Workers upserting the same rollups, histograms and totals at once never lose an update."""
-    from instrument.backends._sqlite_metrics import decode_hist
+    from instrument.storage.sqlite_metrics import decode_hist
 
     url = pg.new_schema()
     per_batch, batches, writers = 60, 15, 3

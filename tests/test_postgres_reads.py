@@ -22,15 +22,15 @@ import requests
 
 import instrument
 from instrument import logsearch
-from instrument._aggregate import Aggregator
-from instrument._runtime import runtime
 from instrument.alerting import AlertManager, AlertRule, AlertSeverity, Threshold
-from instrument.backends._pg_logsearch import _DOCUMENT
 from instrument.backends.postgresql import PostgreSQLBackend
 from instrument.backends.sqlite import SQLiteBackend
+from instrument.core.aggregate import Aggregator
+from instrument.core.runtime import runtime
 from instrument.dashboard import Dashboard, for_settings
 from instrument.logs import StoreHandler
 from instrument.metrics_collector import get_metrics_collector
+from instrument.storage.pg_logsearch import _DOCUMENT
 from instrument.wsgi import InstrumentMiddleware
 from tests.dashboard_fixtures import TOKEN, fire_alert, running_server
 from tests.pg_cluster import PgCluster, pg_cluster

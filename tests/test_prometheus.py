@@ -29,8 +29,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 import instrument
-from instrument._aggregate import Aggregator, Batch
 from instrument.backends.sqlite import SQLiteBackend
+from instrument.core.aggregate import Aggregator, Batch
 from tests.servers import (
     HOST,
     gunicorn_server,
@@ -363,8 +363,8 @@ def test_an_unreadable_store_answers_503_not_a_crash(tmp_path: Path, accept: str
         return [b"fine"]
 
     mw = InstrumentMiddleware(app)
-    from instrument._exporter import MetricsWSGI
-    from instrument._snapshot import SQLiteSource
+    from instrument.exporters.serve import MetricsWSGI
+    from instrument.exporters.snapshot import SQLiteSource
     from instrument.prometheus import make_registry
 
     assert isinstance(mw._bypass, MetricsWSGI)
@@ -391,8 +391,8 @@ def test_scrape_benchmark_quick_mode(tmp_path: Path) -> None:
 
 def test_kit_counters_add_this_process_drops_exactly_once(tmp_path: Path) -> None:
     """Samples dropped by a full buffer reach the totals once, beside the samples written."""
-    from instrument._runtime import runtime
-    from instrument._snapshot import SQLiteSource
+    from instrument.core.runtime import runtime
+    from instrument.exporters.snapshot import SQLiteSource
 
     db = tmp_path / "kit.db"
     instrument.configure(metrics_db=str(db), buffer_size=16, flush_interval=0.05)

@@ -21,11 +21,12 @@ from typing import Any
 import pytest
 
 import instrument
-from instrument import _tiers, queries
-from instrument._aggregate import iso_utc
-from instrument._runtime import runtime
-from instrument.backends._sqlite_schema import MIGRATIONS
+from instrument import queries
 from instrument.backends.sqlite import SQLiteBackend, connect
+from instrument.core.aggregate import iso_utc
+from instrument.core.runtime import runtime
+from instrument.storage import tiers as _tiers
+from instrument.storage.sqlite_schema import MIGRATIONS
 
 HOUR = 3600.0
 DISTRIBUTIONS: dict[str, Callable[[random.Random], float]] = {
@@ -259,7 +260,7 @@ def test_migration_2_backfills_the_coarse_tiers(tmp_path: Path) -> None:
 
 def test_concurrent_writers_merge_one_histogram(db_path: Path) -> None:
     """Two processes' batches for the same minute and route add up, histograms included."""
-    from instrument._aggregate import Aggregator
+    from instrument.core.aggregate import Aggregator
 
     first, second = SQLiteBackend(str(db_path)), SQLiteBackend(str(db_path))
     t0 = time.perf_counter()

@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 import instrument
 from instrument import asgi, wsgi
-from instrument._context import MAX_ID_LENGTH, incoming_id, new_id, valid_id
+from instrument.core.context import MAX_ID_LENGTH, incoming_id, new_id, valid_id
 from instrument.logs import get_request_id
 from instrument.testing import MemoryBackend
 from instrument.types import StartResponse, WSGIEnviron
@@ -329,7 +329,7 @@ def test_request_becomes_current_once_a_reader_is_imported(tmp_path: Any) -> Non
     script = textwrap.dedent(f"""
         import sys
         import instrument
-        from instrument import _context
+        from instrument.core import context as _context
         from instrument.wsgi import InstrumentMiddleware
         instrument.configure(metrics_db={str(tmp_path / "m.db")!r})
         seen = []

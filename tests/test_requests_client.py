@@ -13,7 +13,7 @@ import requests
 
 import instrument
 from instrument import wsgi
-from instrument._suppress import suppressed
+from instrument.core.suppress import suppressed
 from instrument.logs import request_context
 from instrument.requests import (
     client_route,

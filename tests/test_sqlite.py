@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import instrument
-from instrument._aggregate import Aggregator
-from instrument._histogram import bucket_index, percentile
-from instrument._runtime import runtime
-from instrument.backends._sqlite_schema import SCHEMA_VERSION, migrate
 from instrument.backends.sqlite import SQLiteBackend, connect
+from instrument.core.aggregate import Aggregator
+from instrument.core.histogram import bucket_index, percentile
+from instrument.core.runtime import runtime
+from instrument.storage.sqlite_schema import SCHEMA_VERSION, migrate
 
 # (name, declared type, not null, default, primary key) exactly as the seed declares them.
 SEED_API = [
@@ -223,7 +223,7 @@ def test_default_backend_writes_calls_with_this_pid(db_path: Path) -> None:
 _WRITER = textwrap.dedent("""
     import os, sys, time
     import instrument
-    from instrument._runtime import runtime
+    from instrument.core.runtime import runtime
 
     db, go, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     instrument.configure(metrics_db=db, flush_interval=60)

@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 
-from instrument._aggregate import Aggregator, Batch
-from instrument._buffer import Recorder
-from instrument._flusher import Flusher
-from instrument._histogram import PER_DOUBLING, bucket_index
-from instrument.backends._sqlite_metrics import (
+from instrument.backends.sqlite import SQLiteBackend, connect
+from instrument.core.aggregate import Aggregator, Batch
+from instrument.core.buffer import Recorder
+from instrument.core.flusher import Flusher
+from instrument.core.histogram import PER_DOUBLING, bucket_index
+from instrument.exporters.prometheus import _DURATION_LIMITS, _cumulative
+from instrument.storage.sqlite_metrics import (
     COARSE_PERIODS,
     _merge_blobs,
     encode_hist,
@@ -23,8 +25,6 @@ from instrument.backends._sqlite_metrics import (
     insert_values,
     tier_rows,
 )
-from instrument.backends.sqlite import SQLiteBackend, connect
-from instrument.prometheus import _DURATION_LIMITS, _cumulative
 from instrument.testing import MemoryBackend
 
 ROUTES = ["/a", "/b/{id}", "/c"]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..types import Backend
-from ._channel import AlertChannel, DeliveryError
-from .sqlite import SQLiteBackend
+from instrument.alerting.channels.base import AlertChannel, DeliveryError
+from instrument.storage.sqlite import SQLiteBackend
+from instrument.types import Backend
 
 __all__ = ["AlertChannel", "Backend", "DeliveryError", "SQLiteBackend"]

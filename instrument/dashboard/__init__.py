@@ -22,12 +22,19 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..config import ConfigError, Settings
-from ._paths import API_PREFIX, OFF_MESSAGE, PAGE, PATHS, PREFIXES, is_dashboard_path
+from instrument.config import ConfigError, Settings
+from instrument.dashboard._paths import (
+    API_PREFIX,
+    OFF_MESSAGE,
+    PAGE,
+    PATHS,
+    PREFIXES,
+    is_dashboard_path,
+)
 
 if TYPE_CHECKING:
-    from ._app import Dashboard
-    from ._glue import ASGIDashboard, WSGIDashboard
+    from instrument.dashboard._app import Dashboard
+    from instrument.dashboard._glue import ASGIDashboard, WSGIDashboard
 
 __all__ = [
     "API_PREFIX",
@@ -52,11 +59,11 @@ _said_off: set[int] = set()  # pids that already logged how to turn the dashboar
 
 def __getattr__(name: str) -> Any:
     if name == "Dashboard":
-        from ._app import Dashboard
+        from instrument.dashboard._app import Dashboard
 
         return Dashboard
     if name in ("ASGIDashboard", "WSGIDashboard"):
-        from . import _glue
+        from instrument.dashboard import _glue
 
         return getattr(_glue, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -66,7 +73,7 @@ def alerts_db_path(environ: Mapping[str, str] | None = None) -> str:
     """The alert manager's file: ``INSTRUMENT_ALERTS_DB`` (alias ``ALERTS_DB_PATH``)."""
     env = os.environ if environ is None else environ
     try:
-        from .._alert_config import AlertSettings
+        from instrument.alerting.config import AlertSettings
 
         return str(AlertSettings.from_env(env).alerts_db)
     except (ImportError, ConfigError):  # a bad unrelated alert setting must not hide alerts
@@ -77,7 +84,7 @@ def alerts_db_path(environ: Mapping[str, str] | None = None) -> str:
 def for_settings(settings: Settings, *, environ: Mapping[str, str] | None = None,
                  in_process: bool = True) -> Dashboard:
     """The process's dashboard for these settings, built once and shared by every adapter."""
-    from ._app import Dashboard
+    from instrument.dashboard._app import Dashboard
 
     alerts_db = alerts_db_path(environ)
     store = settings.storage or settings.metrics_db
@@ -108,14 +115,14 @@ def mounted(settings: Settings, app: Any, *, asgi: bool = False) -> Any:
             _said_off.add(os.getpid())
             logging.getLogger("instrument").info(OFF_MESSAGE, PAGE)
         return None
-    from ._glue import ASGIDashboard, WSGIDashboard
+    from instrument.dashboard._glue import ASGIDashboard, WSGIDashboard
 
     dashboard = for_settings(settings)
     return ASGIDashboard(dashboard, app) if asgi else WSGIDashboard(dashboard, app)
 
 
 def _build(dashboard: Dashboard | None, options: dict[str, Any]) -> Dashboard:
-    from ._app import Dashboard
+    from instrument.dashboard._app import Dashboard
 
     if dashboard is not None:
         return dashboard
@@ -131,13 +138,13 @@ def _build(dashboard: Dashboard | None, options: dict[str, Any]) -> Dashboard:
 
 def wsgi_app(dashboard: Dashboard | None = None, **options: Any) -> WSGIDashboard:
     """A WSGI app serving the dashboard; ``options``: :class:`Dashboard`'s plus ``metrics_db``."""
-    from ._glue import WSGIDashboard
+    from instrument.dashboard._glue import WSGIDashboard
 
     return WSGIDashboard(_build(dashboard, options))
 
 
 def asgi_app(dashboard: Dashboard | None = None, **options: Any) -> ASGIDashboard:
     """An ASGI app serving the dashboard; ``options`` as for :func:`wsgi_app`."""
-    from ._glue import ASGIDashboard
+    from instrument.dashboard._glue import ASGIDashboard
 
     return ASGIDashboard(_build(dashboard, options))

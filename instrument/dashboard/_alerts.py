@@ -17,7 +17,7 @@ import sqlite3
 import threading
 from typing import Any
 
-from .._forkguard import sqlite_section
+from instrument.core.forkguard import sqlite_section
 
 __all__ = ["AlertsView", "Conflict"]
 
@@ -117,7 +117,7 @@ class AlertsView:
         return self.get(alert_id)
 
     def _manager_for(self, row: dict[str, Any]) -> Any:
-        from .. import alerting
+        from instrument import alerting
 
         shared = alerting._manager
         if (shared is not None and row["name"] in shared.rules
@@ -142,7 +142,7 @@ class AlertsView:
 
 def _stand_in_rule(row: dict[str, Any]) -> Any:
     """A rule with the alert's name, text and labels that never fires: enough to record an ack."""
-    from ..alerting import AlertRule, AlertSeverity, Threshold
+    from instrument.alerting import AlertRule, AlertSeverity, Threshold
 
     raw = row.get("metadata")
     meta: dict[str, Any] = raw if isinstance(raw, dict) else {}

@@ -17,10 +17,10 @@ import time
 from importlib import resources
 from urllib.parse import parse_qs
 
-from ._http import BadRequest, Request, Response, json_response, problem
-from ._paths import API_PREFIX, OFF_MESSAGE, PAGE
-from .api import MonitoringAPI
-from .auth import Auth, same_origin
+from instrument.dashboard._http import BadRequest, Request, Response, json_response, problem
+from instrument.dashboard._paths import API_PREFIX, OFF_MESSAGE, PAGE
+from instrument.dashboard.api import MonitoringAPI
+from instrument.dashboard.auth import Auth, same_origin
 
 __all__ = ["Dashboard"]
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-from ..types import ASGIApp, Receive, Scope, Send, StartResponse, WSGIApp, WSGIEnviron
-from ._app import Dashboard
-from ._http import Request, Response, problem
-from ._paths import is_dashboard_path
+from instrument.dashboard._app import Dashboard
+from instrument.dashboard._http import Request, Response, problem
+from instrument.dashboard._paths import is_dashboard_path
+from instrument.types import ASGIApp, Receive, Scope, Send, StartResponse, WSGIApp, WSGIEnviron
 
 __all__ = ["MAX_BODY", "ASGIDashboard", "WSGIDashboard", "route_path"]
 

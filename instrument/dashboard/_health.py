@@ -17,9 +17,9 @@ import sys
 import time
 from typing import Any
 
-from .._aggregate import iso_utc
-from .._inflight import read_in_flight
-from ._pgstore import has_table, is_pg
+from instrument.core.aggregate import iso_utc
+from instrument.core.inflight import read_in_flight
+from instrument.dashboard._pgstore import has_table, is_pg
 
 __all__ = ["FAILING_AFTER", "DropWatch", "from_store", "in_process", "merge"]
 
@@ -61,7 +61,7 @@ def in_process(stats: dict[str, Any], drops: DropWatch, now: float) -> tuple[lis
         text = (f"backend {backend.get('name')!r} failed {fails} time(s) in a row:"
                 f" {backend.get('last_error')}")
         (failing if fails >= FAILING_AFTER else degraded).append(text)
-    collector = sys.modules.get("instrument.metrics_collector")
+    collector = sys.modules.get("instrument.system.collector")
     current = getattr(collector, "_collector", None) if collector is not None else None
     if current is not None and getattr(current, "_thread", None) is not None \
             and not current.running:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._series import METRICS
+from instrument.dashboard._series import METRICS
 
 __all__ = ["OPENAPI"]
 

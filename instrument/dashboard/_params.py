@@ -10,7 +10,7 @@ import math
 from collections.abc import Collection, Mapping
 from datetime import datetime, timezone
 
-from ._http import BadRequest
+from instrument.dashboard._http import BadRequest
 
 __all__ = ["choice", "integer", "number", "text", "timestamp"]
 

@@ -1,7 +1,7 @@
 """The dashboard over a PostgreSQL store: a connection pool and the few dialect questions.
 
 With ``INSTRUMENT_STORAGE=postgresql://...`` the dashboard reads the fleet's
-database through :class:`~instrument.backends._pg_read.PgQueryConnection`,
+database through :class:`~instrument.storage.pg_read.PgQueryConnection`,
 which rewrites the read side's SQLite dialect, so every endpoint runs the same
 code as over a file. What the file answers with ``PRAGMA`` or ``sqlite_master``
 (columns of a table, whether it exists) is asked of ``information_schema``
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..backends._pg_read import PgQueryConnection, is_pg_url
+from instrument.storage.pg_read import PgQueryConnection, is_pg_url
 
 __all__ = ["PgConnections", "columns", "has_table", "is_pg", "open_connections", "unavailable"]
 
@@ -35,7 +35,7 @@ def open_connections(target: str, timeout: float = 5.0) -> Any:
     """A pool for ``target``: a SQLite file path or a ``postgresql://`` URL."""
     if is_pg_url(target):
         return PgConnections(target, timeout)
-    from ._store import Connections
+    from instrument.dashboard._store import Connections
 
     return Connections(target, timeout)
 
@@ -47,7 +47,7 @@ def columns(conn: Any, table: str) -> set[str]:
                             " WHERE table_name = ? AND table_schema = current_schema()",
                             (table,)).fetchall()
         return {r[0] for r in rows}
-    from ._store import columns as sqlite_columns
+    from instrument.dashboard._store import columns as sqlite_columns
 
     return sqlite_columns(conn, table)
 
@@ -68,7 +68,7 @@ class PgConnections:
     """
 
     def __init__(self, url: str, timeout: float = 5.0, keep: int = 8) -> None:
-        from ..backends.postgresql import _redacted
+        from instrument.storage.postgresql import _redacted
 
         self.path = _redacted(url)
         self._url = url
@@ -80,7 +80,7 @@ class PgConnections:
         self._migrated = False
 
     def _open(self) -> PgQueryConnection:
-        from ..backends._pg_schema import migrate
+        from instrument.storage.pg_schema import migrate
 
         conn = PgQueryConnection.open(self._url, self.timeout)
         if not self._migrated:

@@ -21,8 +21,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from .._histogram import PER_DOUBLING
-from ..backends._sqlite_metrics import COARSE_PERIODS, hist_value
+from instrument.core.histogram import PER_DOUBLING
+from instrument.storage.sqlite_metrics import COARSE_PERIODS, hist_value
 
 __all__ = ["METRICS", "HistogramCache", "Slot", "request_series"]
 
@@ -93,7 +93,7 @@ class Slot:
 def percentiles(hist: int, qs: Sequence[float]) -> tuple[float | None, ...]:
     """Nearest-rank percentiles of a :func:`hist_value` histogram, in one pass.
 
-    Same rule and values as :func:`instrument._histogram.percentile`: the
+    Same rule and values as :func:`instrument.core.histogram.percentile`: the
     geometric middle of the bucket holding the ranked sample.
     """
     if not hist:

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .._forkguard import sqlite_section
-from ..backends._sqlite_schema import migrate
-from ..backends.sqlite import file_id
+from instrument.core.forkguard import sqlite_section
+from instrument.storage.sqlite import file_id
+from instrument.storage.sqlite_schema import migrate
 
 __all__ = ["Connections", "columns", "latest_system"]
 

@@ -21,8 +21,8 @@ import threading
 from datetime import datetime, timezone
 from typing import Any
 
-from .._aggregate import iso_utc
-from ._pgstore import is_pg
+from instrument.core.aggregate import iso_utc
+from instrument.dashboard._pgstore import is_pg
 
 __all__ = ["AVERAGED", "SystemCache"]
 

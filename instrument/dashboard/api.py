@@ -20,16 +20,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import queries
-from . import _health
-from . import _params as p
-from ._alerts import AlertsView, Conflict
-from ._http import BadRequest, Request, Response, json_response, problem
-from ._openapi import OPENAPI
-from ._pgstore import columns, has_table, open_connections, unavailable
-from ._series import METRICS, HistogramCache, request_series
-from ._store import latest_system
-from ._syscache import SystemCache
+from instrument.dashboard import _health
+from instrument.dashboard import _params as p
+from instrument.dashboard._alerts import AlertsView, Conflict
+from instrument.dashboard._http import BadRequest, Request, Response, json_response, problem
+from instrument.dashboard._openapi import OPENAPI
+from instrument.dashboard._pgstore import columns, has_table, open_connections, unavailable
+from instrument.dashboard._series import METRICS, HistogramCache, request_series
+from instrument.dashboard._store import latest_system
+from instrument.dashboard._syscache import SystemCache
+from instrument.storage import queries
 
 __all__ = ["MonitoringAPI"]
 
@@ -259,7 +259,7 @@ class MonitoringAPI:
 
     def logs(self, q: dict[str, str], conn: sqlite3.Connection) -> Response:
         try:
-            from ..logsearch import LogQueryError, search_logs
+            from instrument.storage.logsearch import LogQueryError, search_logs
         except ImportError:  # pragma: no cover - the log search module ships with the kit
             return json_response({"available": False, "logs": []})
         if not has_table(conn, "logs"):
@@ -282,7 +282,7 @@ class MonitoringAPI:
         degraded: list[str] = []
         checks: dict[str, Any] = {"mode": "in-process" if self.in_process else "standalone"}
         if self.in_process:
-            from .._runtime import runtime
+            from instrument.core.runtime import runtime
 
             stats = runtime.stats()
             failing, degraded = _health.in_process(stats, self._drops, now)

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from ._http import Request
+from instrument.dashboard._http import Request
 
 __all__ = ["CSRF_COOKIE", "CSRF_HEADER", "SESSION_COOKIE", "Access", "Auth"]
 

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from ._app import Dashboard
-from ._glue import WSGIDashboard
-from ._paths import PAGE
+from instrument.dashboard._app import Dashboard
+from instrument.dashboard._glue import WSGIDashboard
+from instrument.dashboard._paths import PAGE
 
 __all__ = ["DashboardServer", "make_dashboard_server", "serve"]
 
@@ -87,8 +87,8 @@ def run(db: str | None = None, *, alerts_db: str | None = None, host: str = "127
     """The ``instrument dashboard`` command: returns the process exit code."""
     import signal
 
-    from ..config import ConfigError, Settings
-    from . import alerts_db_path
+    from instrument.config import ConfigError, Settings
+    from instrument.dashboard import alerts_db_path
 
     if not logging.getLogger().handlers and not log.handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -20,15 +20,15 @@ import pytest
 
 import instrument
 from instrument import queries
-from instrument._aggregate import Aggregator, Batch
-from instrument._histogram import bucket_index
-from instrument._snapshot import PostgreSQLSource, SQLiteSource
-from instrument.backends._pg_read import PgQueryConnection
-from instrument.backends._sqlite_metrics import decode_hist
-from instrument.backends._sqlite_totals import instance_name, read_totals
 from instrument.backends.postgresql import PostgreSQLBackend
 from instrument.backends.sqlite import SQLiteBackend
+from instrument.core.aggregate import Aggregator, Batch
+from instrument.core.histogram import bucket_index
+from instrument.exporters.snapshot import PostgreSQLSource, SQLiteSource
 from instrument.prometheus import InstrumentCollector
+from instrument.storage.pg_read import PgQueryConnection
+from instrument.storage.sqlite_metrics import decode_hist
+from instrument.storage.sqlite_totals import instance_name, read_totals
 from instrument.testing import MemoryBackend
 from tests.pg_cluster import PgCluster, pg_cluster
 

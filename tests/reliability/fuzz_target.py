@@ -22,7 +22,7 @@ import atheris
 
 with atheris.instrument_imports():
     import instrument
-    from instrument._alert_config import ALERT_VARIABLES, AlertSettings
+    from instrument.alerting.config import ALERT_VARIABLES, AlertSettings
     from instrument.config import VARIABLES, ConfigError, Settings
     from instrument.dashboard import Dashboard
     from instrument.dashboard._http import Request

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, expect, sync_playwright
 
-from instrument._aggregate import Aggregator
 from instrument.backends.sqlite import SQLiteBackend
+from instrument.core.aggregate import Aggregator
 from tests.dashboard_fixtures import TOKEN, XSS_ROUTE, populate, running_server
 from tests.reliability.harness import FIGURES
 

@@ -23,7 +23,7 @@ from aiosmtpd.smtp import Envelope
 
 from instrument import alerting
 from instrument.alerting import AlertManager, AlertRule, AlertSeverity
-from instrument.backends._http import HTTPClient
+from instrument.alerting.channels.http import HTTPClient
 from instrument.backends.webhook import WebhookChannel
 from tests.alert_receivers import http_recorder
 from tests.reliability.harness import FIGURES, Load, Served, reasons, served_app, wait_health

@@ -20,8 +20,8 @@ from typing import Any
 import requests
 
 import instrument
-from instrument._aggregate import Batch
 from instrument.backends.sqlite import SQLiteBackend
+from instrument.core.aggregate import Batch
 from tests.reliability.harness import (
     FIGURES,
     TOKEN,

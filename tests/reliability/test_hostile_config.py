@@ -21,15 +21,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import instrument
-from instrument._alert_config import (
+from instrument.alerting import AlertManager
+from instrument.alerting.config import (
     ALERT_VARIABLES,
     AlertSettings,
     build_channels,
     configured_rules,
 )
-from instrument._runtime import runtime
-from instrument.alerting import AlertManager
 from instrument.config import VARIABLES, ConfigError, Settings
+from instrument.core.runtime import runtime
 from tests.reliability.harness import FIGURES, QUIET
 
 NAMES = sorted({n for v in (*VARIABLES, *ALERT_VARIABLES) for n in (v.name, *v.aliases)})

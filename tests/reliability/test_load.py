@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import instrument
-from instrument._aggregate import Batch
-from instrument._runtime import runtime
+from instrument.core.aggregate import Batch
+from instrument.core.runtime import runtime
 from instrument.testing import MemoryBackend
 from instrument.wsgi import InstrumentMiddleware
 from tests.reliability.harness import FIGURES, plain_app

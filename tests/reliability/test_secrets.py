@@ -23,9 +23,9 @@ import requests
 
 import instrument
 from instrument import alerting
-from instrument._runtime import runtime
 from instrument.alerting import AlertRule, AlertSeverity
 from instrument.config import ConfigError
+from instrument.core.runtime import runtime
 from instrument.logs import setup_logging
 from instrument.startup import monitoring_status
 from instrument.wsgi import InstrumentMiddleware

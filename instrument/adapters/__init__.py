@@ -1,0 +1,1 @@
+"""Where requests and calls are timed: one module per framework or kind of call."""

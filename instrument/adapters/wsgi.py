@@ -1,0 +1,261 @@
+"""WSGI middleware: times each request until its response iterable is closed.
+
+A request costs two clock reads (start, close; a streamed body adds one at its
+first chunk), byte counting on ``wsgi.input`` and on the response chunks as
+they flow, and one append to the buffer. A body handed over whole as a list is
+iterated natively and sized at close. The status line is kept as the string the
+app gave and parsed later by the flusher. One object per request serves as
+``start_response``, response iterable and request context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from time import perf_counter
+from typing import Any
+
+from instrument.adapters.front import front
+from instrument.core.buffer import KIND_HTTP
+from instrument.core.context import (
+    COUNTER,
+    IDS,
+    PREFIX,
+    READERS,
+    REQUEST_ID_HEADER,
+    current,
+    incoming_id,
+)
+from instrument.core.runtime import OFF, runtime
+from instrument.types import StartResponse, WSGIApp, WSGIEnviron
+
+__all__ = ["EXC_KEY", "ROUTE_KEY", "InstrumentMiddleware"]
+
+_set = current.set
+_reset = current.reset
+_rec = runtime.recorder  # one per process, for the life of the process
+_buf = _rec.buf  # cleared in place, never replaced
+_next_id = IDS.popleft
+_readers = READERS
+_started = _rec.started
+_ended = _rec.ended
+
+#: environ key a framework adapter sets to the matched route template.
+ROUTE_KEY = "instrument.route"
+#: environ key a framework adapter sets to the type of an exception it handled itself.
+EXC_KEY = "instrument.exc"
+
+
+class _Input:
+    """Counts request body bytes as the app reads them (chunked uploads included)."""
+
+    __slots__ = ("_raw", "n")
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self.n = 0
+
+    def read(self, *args: Any) -> bytes:
+        data: bytes = self._raw.read(*args)
+        self.n += len(data)
+        return data
+
+    def readline(self, *args: Any) -> bytes:
+        data: bytes = self._raw.readline(*args)
+        self.n += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        n: int = self._raw.readinto(buffer)
+        self.n += n or 0
+        return n
+
+    def readlines(self, *args: Any) -> list[bytes]:
+        lines: list[bytes] = self._raw.readlines(*args)
+        self.n += sum(len(x) for x in lines)
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        data = self.readline()
+        if not data:
+            raise StopIteration
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
+class _Exchange(list):  # type: ignore[type-arg]
+    """One request: start_response, the response body and the request context in one object.
+
+    A list subclass: when the app hands over its body whole as a list (the common
+    case for plain WSGI apps), the body's chunks are moved into this object and the
+    server iterates it natively, with no Python call per chunk, and then calls
+    :meth:`close`. Streamed bodies go through :func:`_stream` instead, which calls
+    :meth:`close` when they end. It is also what ``_context.current`` holds during
+    the request, so making the request current builds nothing.
+    """
+
+    __slots__ = ("_sr", "_w", "done", "env", "exc", "inp", "rb", "rid", "route", "status", "t0",
+                 "tf", "tok")
+
+    def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
+        # Passed to the app as a bound method: calling an instance would cost more.
+        self.status = status
+        rid = self.rid
+        if rid is not None:  # a new list: the app may reuse its headers list
+            headers = [*headers, (REQUEST_ID_HEADER, rid)]
+        self._w = self._sr(status, headers, exc_info) if exc_info else self._sr(status, headers)
+        return self._counting_write  # a bound method: a closure here costs ~1.5k instructions
+
+    def _counting_write(self, data: bytes) -> Any:
+        self.rb += len(data)
+        if not self.tf:
+            self.tf = perf_counter()
+        return self._w(data)
+
+    def close(self) -> None:
+        """The request ends: record it (inline, as a call would cost more than the work)."""
+        t1 = perf_counter()
+        next(_ended)
+        tok = self.tok
+        if tok is not None:
+            try:
+                _reset(tok)
+            except (ValueError, RuntimeError):  # closed from another context, or twice
+                _set(None)
+        rb = self.rb
+        for chunk in self:  # a body handed over whole: sized here, sent in one go
+            rb += len(chunk)
+        env = self.env
+        exc = self.exc
+        inp = self.inp
+        sample = (KIND_HTTP, self.t0, t1, self.tf or t1,
+                  env.get(ROUTE_KEY) or self.route or env.get("PATH_INFO"),
+                  env.get("REQUEST_METHOD"), "500" if exc else self.status,
+                  inp.n if inp is not None else 0, rb, exc or env.get(EXC_KEY), not self.done)
+        # Recorder.add, inlined: a bounded append, or an exact drop count
+        n = len(_buf)
+        if n < _rec.cap:
+            _buf.extend(sample)  # flat: see _buffer
+            if _rec.high <= n < _rec.high_end:
+                _rec.wake()
+        else:
+            next(_rec.drops)
+
+    def describe(self) -> tuple[str, str, str]:
+        env = self.env
+        return (self.rid or "", env.get("REQUEST_METHOD", ""),
+                env.get(ROUTE_KEY) or env.get("PATH_INFO", ""))
+
+
+def _stream(ex: _Exchange, res: Iterable[bytes]) -> Iterator[bytes]:
+    """A streamed body: count chunks as they flow; record when it ends or is abandoned.
+
+    A generator, primed by the middleware (run up to its first ``yield``) so that the
+    server's ``close()`` always reaches the ``finally`` even when it never iterated.
+    Resuming it costs less than a method call per chunk.
+    """
+    ex.done = False
+    rb = 0
+    tf = 0.0
+    try:
+        yield b""  # the priming stop: never seen by the server
+        for chunk in res:
+            rb += len(chunk)
+            if not tf:
+                tf = perf_counter()
+            yield chunk
+        ex.done = True
+    except GeneratorExit:  # abandoned mid-body: recorded as a disconnect
+        raise
+    except BaseException as e:
+        ex.exc = type(e)
+        ex.done = True
+        raise
+    finally:
+        ex.rb += rb
+        if not ex.tf:
+            ex.tf = tf
+        try:
+            close = getattr(res, "close", None)
+            if close is not None:
+                close()
+        except BaseException as e:
+            ex.exc = type(e)
+            raise
+        finally:
+            ex.close()
+
+
+class InstrumentMiddleware:
+    """Wrap any WSGI app: ``app = InstrumentMiddleware(app)``.
+
+    With ``INSTRUMENT_ENABLED=false`` the constructor returns ``app`` itself, so
+    the kill switch costs nothing at all.
+    """
+
+    def __new__(cls, app: WSGIApp, **options: Any) -> Any:
+        runtime.ensure_started()
+        if runtime.state == OFF:
+            return app
+        return super().__new__(cls)
+
+    def __init__(self, app: WSGIApp, *, exclude_paths: Iterable[str] | None = None) -> None:
+        settings = runtime.ensure_started()
+        self.app = app
+        # excluded paths (and the kit's /metrics and dashboard) are answered, never recorded
+        self._bypass, self._exclude = front(app, settings, exclude_paths, asgi=False)
+        self._rid = settings.request_id
+        #: Route label when no framework adapter named one: None means the path
+        #: (behind the flusher's cardinality guard); the Flask adapter sets "unmatched".
+        self._unrouted: str | None = None
+
+    def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
+        exclude = self._exclude
+        if exclude is not None and environ.get("PATH_INFO", "") in exclude:
+            return self._bypass(environ, start_response)
+        t0 = perf_counter()
+        next(_started)  # in flight until close()
+        # Attributes set here, not in an __init__: a Python call frame costs more than they do.
+        ex = _Exchange()
+        ex.env = environ
+        ex._sr = start_response
+        ex.t0 = t0
+        ex.tf = 0.0
+        ex.rb = 0
+        ex.status = "500"
+        ex.exc = None
+        ex.done = True
+        ex.route = self._unrouted
+        if environ.get("CONTENT_LENGTH") or "HTTP_TRANSFER_ENCODING" in environ:
+            inp = ex.inp = _Input(environ["wsgi.input"])
+            environ["wsgi.input"] = inp
+        else:
+            ex.inp = None
+        if self._rid:
+            raw = environ.get("HTTP_X_REQUEST_ID")
+            if raw:
+                ex.rid = incoming_id(raw)
+            else:
+                try:
+                    ex.rid = _next_id()
+                except IndexError:  # none minted ahead (yet): mint one here
+                    ex.rid = PREFIX[0] + str(next(COUNTER))
+            ex.tok = _set(ex) if _readers[0] else None
+        else:
+            ex.rid = ex.tok = None
+        try:
+            res = self.app(environ, ex.start_response)
+        except BaseException as e:
+            ex.exc = type(e)
+            ex.close()  # records the failed request
+            raise
+        if res.__class__ is list:
+            ex += res
+            return ex
+        body = _stream(ex, res)
+        next(body)
+        return body

@@ -1,0 +1,1 @@
+"""The pipeline: what happens to a sample between the request and the backends."""

@@ -1,0 +1,286 @@
+"""Turns drained sample tuples into one batch: raw rows plus per-minute rollups.
+
+This is where every allocation the request path avoided happens: timestamps
+are formatted, exception types named, routes guarded against cardinality
+explosions and latencies bucketed. It runs only on the flusher thread.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import TYPE_CHECKING, Any
+
+from instrument.core.buffer import KIND_CALL, KIND_CLIENT, KIND_HTTP
+from instrument.core.histogram import PER_DOUBLING
+
+if TYPE_CHECKING:
+    from instrument.core.inflight import InFlight
+
+__all__ = ["CALL_WIDTH", "OVERFLOW", "REQUEST_WIDTH", "UNMATCHED", "Aggregator", "Batch",
+           "iso_utc"]
+
+#: Values in one raw request row and one raw call row (see :class:`Batch`).
+REQUEST_WIDTH = 12
+CALL_WIDTH = 8
+
+UNMATCHED = "__unmatched__"
+OVERFLOW = "__overflow__"
+
+_log2 = math.log2
+_MIN_INDEX = -10 * PER_DOUBLING
+_STATUS_CODES: dict[str, int] = {}  # WSGI status line -> code, bounded (flusher thread only)
+# microseconds n as ".mmm" + "uuu": _DOT3[n // 1000] + _D3[n % 1000] == ".%06d" % n
+_D3 = [f"{i:03d}" for i in range(1000)]
+_DOT3 = ["." + d for d in _D3]
+
+
+@dataclass
+class Batch:
+    """One flush worth of data, shaped for storage.
+
+    ``requests`` rows: (timestamp, endpoint, method, status_code, response_time_ms,
+    request_size_bytes, response_size_bytes, error_count, ttfb_ms, exception,
+    client_disconnected, pid). ``calls`` rows: (timestamp, kind, name, method,
+    status_code, duration_ms, exception, pid). Both are held flat, row after row in
+    ``request_values`` (:data:`REQUEST_WIDTH` a row) and ``call_values``
+    (:data:`CALL_WIDTH`): a tuple per row made the flusher's batches the bulk of the
+    process's garbage-collector work (a young collection every 700 rows), and SQLite
+    binds a statement's parameters from one flat slice. ``requests`` and ``calls``
+    give them as tuples, for backends that want rows. ``rollups`` map (minute, kind,
+    name, method, status) to [count, errors, sum_ms, max_ms, sum_ttfb_ms,
+    request_bytes, response_bytes, {bucket: count}]. ``other`` carries samples of
+    kinds this module does not aggregate (system readings, log records), by kind.
+    ``exceptions`` counts (kind, name, method, exception type) and ``sizes`` counts
+    (family, kind, name, method, bucket) with family "request_size" / "response_size"
+    and bucket ``b`` holding sizes ``2**(b-1) < n <= 2**b`` (0 holds 0 and 1), for the
+    cumulative totals the Prometheus exposition reads. ``in_flight`` is this process's
+    reading of its HTTP requests in flight, set by the flusher (:mod:`instrument.core.inflight`).
+    """
+
+    request_values: list[Any] = field(default_factory=list)
+    call_values: list[Any] = field(default_factory=list)
+    rollups: dict[tuple[Any, ...], list[Any]] = field(default_factory=dict)
+    other: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    samples: int = 0
+    exceptions: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    sizes: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    in_flight: InFlight | None = None
+
+    def __len__(self) -> int:
+        return self.samples
+
+    @property
+    def requests(self) -> list[tuple[Any, ...]]:
+        """The raw request rows as tuples (built on each access)."""
+        return list(zip(*[iter(self.request_values)] * REQUEST_WIDTH, strict=True))
+
+    @requests.setter
+    def requests(self, rows: Iterable[Sequence[Any]]) -> None:
+        self.request_values = list(chain.from_iterable(rows))
+
+    @property
+    def calls(self) -> list[tuple[Any, ...]]:
+        """The raw call rows as tuples (built on each access)."""
+        return list(zip(*[iter(self.call_values)] * CALL_WIDTH, strict=True))
+
+    @calls.setter
+    def calls(self, rows: Iterable[Sequence[Any]]) -> None:
+        self.call_values = list(chain.from_iterable(rows))
+
+
+class _Clock:
+    """Maps perf_counter readings to wall-clock seconds, refreshed every batch."""
+
+    __slots__ = ("_prefix", "_sec", "offset")
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self._sec = -1
+        self._prefix = ""
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.offset = time.time() - time.perf_counter()
+
+    def iso(self, ts: float) -> str:
+        sec = int(ts)
+        if sec != self._sec:
+            self._sec = sec
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        return f"{self._prefix}.{int((ts - sec) * 1e6):06d}"
+
+
+def iso_utc(ts: float) -> str:
+    """Seconds since the epoch as the ISO 8601 UTC text the tables store."""
+    sec = int(ts)
+    micro = int((ts - sec) * 1e6)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{micro:06d}"
+
+
+class Aggregator:
+    """Stateful across batches only for the cardinality guard and the clock."""
+
+    def __init__(self, max_routes: int = 1000, raw_rows: bool = True) -> None:
+        self.max_routes = max_routes
+        self.raw_rows = raw_rows
+        self._names: dict[str, set[str]] = {}
+        self._clock = _Clock()
+        self.pid = os.getpid()
+
+    def _guard(self, kind: str, name: str) -> str:
+        names = self._names.get(kind)
+        if names is None:
+            names = self._names[kind] = set()
+        if name in names:
+            return name
+        if len(names) < self.max_routes:
+            names.add(name)
+            return name
+        return OVERFLOW
+
+    def aggregate(self, samples: Iterable[tuple[Any, ...]], into: Batch | None = None) -> Batch:
+        """One batch for ``samples``; with ``into``, only their raw rows and other samples.
+
+        ``into`` (a batch held across flush cycles) then receives the rollups, exceptions,
+        sizes and sample count, and the returned batch counts 0 samples.
+        """
+        # One flat loop: the rollup, size and exception updates are inlined rather than
+        # called per sample, which halves the cost of a batch (benchmarks/flusher.py).
+        # Whatever depends only on the second (its text, its minute) is computed once per
+        # second; sizes are counted per rollup under small int keys and turned into
+        # batch.sizes once per rollup at the end.
+        batch = Batch()
+        acc = batch if into is None else into
+        clock = self._clock
+        clock.refresh()
+        offset = clock.offset
+        sec, prefix = clock._sec, clock._prefix
+        sec_f, sec_end, minute = float(sec), sec + 1.0, sec - sec % 60
+        strftime, gmtime = time.strftime, time.gmtime
+        dot3, d3 = _DOT3, _D3
+        guard = self._guard
+        seen = {k: self._names.setdefault(k, set()) for k in (KIND_HTTP, KIND_CALL, KIND_CLIENT)}
+        seen_http = seen[KIND_HTTP]
+        codes = _STATUS_CODES
+        rollups = acc.rollups
+        if into is not None:
+            for held in rollups.values():  # the size counts the loop expects, removed below
+                held[8:] = ({}, {})
+        requests = batch.request_values
+        calls = batch.call_values
+        raw = self.raw_rows
+        pid = self.pid
+        excs = acc.exceptions
+        floor, log2 = math.floor, _log2
+        n = 0
+        for s in samples:
+            n += 1
+            kind = s[0]
+            if kind == KIND_HTTP:
+                # ("http", t0, t_end, t_first, route, method, status, req_b, resp_b, exc, disc)
+                _, t0, t1, tf, name, method, status, qb, rb, exc, disc = s
+                if status.__class__ is str:  # WSGI status line, parsed here not on the request path
+                    code = codes.get(status)
+                    if code is None:
+                        code = _status_code(status)
+                        if len(codes) < 1024:
+                            codes[status] = code
+                    status = code
+                if name is None:
+                    name = UNMATCHED
+                if name not in seen_http:
+                    name = guard(kind, name)
+                ms = (t1 - t0) * 1000.0
+                ttfb = (tf - t0) * 1000.0 if tf else None
+                exc_name = exc.__name__ if exc is not None else None
+                err = 1 if (status >= 500 or exc is not None) else 0
+                ts = t0 + offset
+                if ts >= sec_end or ts < sec_f:  # float compares: cheaper than int(ts)
+                    sec = floor(ts)
+                    sec_f, sec_end, minute = float(sec), sec + 1.0, sec - sec % 60
+                    prefix = strftime("%Y-%m-%dT%H:%M:%S", gmtime(sec))
+                if raw:
+                    # two table lookups: a third of the cost of "%06d" formatting
+                    micro = floor((ts - sec_f) * 1e6)  # floor(): half the cost of int()
+                    requests.extend((prefix + dot3[micro // 1000] + d3[micro % 1000], name,
+                                     method, status, ms, qb, rb, err, ttfb, exc_name,
+                                     1 if disc else 0, pid))
+                ttfb_sum = ttfb or 0.0
+                extras = True
+            elif kind in (KIND_CALL, KIND_CLIENT):
+                # ("call", t0, t_end, name, exc)
+                # ("client", t0, t_end, name, method, status, req_b, resp_b, exc)
+                if kind == KIND_CALL:
+                    _, t0, t1, name, exc = s
+                    method, status, qb, rb = "", 0, 0, 0
+                    extras = False
+                else:
+                    _, t0, t1, name, method, status, qb, rb, exc = s
+                    extras = True
+                if name not in seen[kind]:
+                    name = guard(kind, name)
+                ms = (t1 - t0) * 1000.0
+                exc_name = exc.__name__ if exc is not None else None
+                err = 1 if (exc is not None or status >= 500) else 0
+                ts = t0 + offset
+                if ts >= sec_end or ts < sec_f:  # float compares: cheaper than int(ts)
+                    sec = floor(ts)
+                    sec_f, sec_end, minute = float(sec), sec + 1.0, sec - sec % 60
+                    prefix = strftime("%Y-%m-%dT%H:%M:%S", gmtime(sec))
+                if raw:
+                    micro = floor((ts - sec_f) * 1e6)
+                    calls.extend((prefix + dot3[micro // 1000] + d3[micro % 1000], kind, name,
+                                  method, status, ms, exc_name, pid))
+                ttfb_sum = 0.0
+            else:
+                batch.other.setdefault(kind, []).append(s)
+                continue
+            # the minute rollup and its latency bucket
+            key = (minute, kind, name, method, status)
+            r = rollups.get(key)
+            if r is None:
+                # [8] and [9]: request / response size buckets, removed below
+                r = rollups[key] = [0, 0, 0.0, 0.0, 0.0, 0, 0, {}, {}, {}]
+            r[0] += 1
+            r[1] += err
+            r[2] += ms
+            if ms > r[3]:
+                r[3] = ms
+            r[4] += ttfb_sum
+            r[5] += qb
+            r[6] += rb
+            b = _MIN_INDEX if ms <= 0.0009765625 else floor(log2(ms) * PER_DOUBLING)
+            hist = r[7]
+            hist[b] = hist.get(b, 0) + 1
+            # exceptions by type; request/response size buckets for HTTP and client calls
+            if exc_name is not None:
+                ekey: tuple[Any, ...] = (kind, name, method, exc_name)
+                excs[ekey] = excs.get(ekey, 0) + 1
+            if extras:
+                b = (qb - 1).bit_length() if qb and qb > 1 else 0
+                hist = r[8]
+                hist[b] = hist.get(b, 0) + 1
+                b = (rb - 1).bit_length() if rb and rb > 1 else 0
+                hist = r[9]
+                hist[b] = hist.get(b, 0) + 1
+        clock._sec, clock._prefix = sec, prefix
+        sizes = acc.sizes
+        for (_, kind, name, method, _), r in rollups.items():
+            for family, counts in (("request_size", r.pop(8)), ("response_size", r.pop())):
+                for b, c in counts.items():
+                    skey = (family, kind, name, method, b)
+                    sizes[skey] = sizes.get(skey, 0) + c
+        acc.samples += n
+        return batch
+
+
+def _status_code(line: str) -> int:
+    try:
+        return int(line[:3])
+    except ValueError:
+        return 0

@@ -1,0 +1,1 @@
+"""`instrument demo`: the example apps under traffic, an incident, and the checked summary."""

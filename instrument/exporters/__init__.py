@@ -1,0 +1,1 @@
+"""Other systems reading the kit's data: the Prometheus exposition."""

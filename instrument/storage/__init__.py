@@ -1,0 +1,1 @@
+"""Where the data rests: SQLite and PostgreSQL, written by the flusher and read by queries."""
