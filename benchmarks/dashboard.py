@@ -37,7 +37,7 @@ import requests
 from _common import parser, print_table, write_json
 
 from instrument.backends.sqlite import SQLiteBackend
-from instrument.core.aggregate import Batch
+from instrument.core.batch import Batch
 from instrument.core.histogram import PER_DOUBLING
 from instrument.dashboard._app import _ASSETS, Dashboard
 from instrument.dashboard._http import Request

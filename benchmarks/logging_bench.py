@@ -35,7 +35,7 @@ from _common import interleave, parser, print_table, write_json
 import instrument
 from instrument import asgi, wsgi
 from instrument.backends.sqlite import SQLiteBackend
-from instrument.core.aggregate import Batch
+from instrument.core.batch import Batch
 from instrument.core.buffer import Recorder
 from instrument.core.runtime import runtime
 from instrument.logs import JsonFormatter, StoreHandler, request_context

@@ -31,7 +31,8 @@ from _common import parser, print_table, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.pg_cluster
 
-from instrument.core.aggregate import Aggregator, Batch
+from instrument.core.aggregate import Aggregator
+from instrument.core.batch import Batch
 
 
 def batches(total: int, size: int, routes: int, raw: bool, seed: int = 1) -> list[Batch]:

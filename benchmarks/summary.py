@@ -31,7 +31,7 @@ from typing import Any
 from _common import parser, print_table, write_json
 
 from instrument.backends.sqlite import SQLiteBackend
-from instrument.core.aggregate import Batch, iso_utc
+from instrument.core.batch import Batch, iso_utc
 from instrument.core.histogram import PER_DOUBLING
 from instrument.metrics_collector import MetricsCollector
 from instrument.queries import summary

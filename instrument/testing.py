@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from instrument.core.aggregate import Batch
+from instrument.core.batch import Batch
 
 __all__ = ["FailingBackend", "MemoryBackend", "capture_samples"]
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 import instrument
-from instrument.core.aggregate import OVERFLOW, UNMATCHED, Aggregator, iso_utc
+from instrument.core.aggregate import Aggregator
+from instrument.core.batch import OVERFLOW, UNMATCHED, iso_utc
 from instrument.core.runtime import runtime
 from instrument.testing import MemoryBackend
 

@@ -13,7 +13,8 @@ from typing import Any
 import psutil
 import pytest
 
-from instrument.system.reader import SYSTEM_COLUMNS, SystemReader
+from instrument.core.batch import SYSTEM_COLUMNS
+from instrument.system.reader import SystemReader
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

@@ -16,7 +16,7 @@ import pytest
 
 import instrument
 from instrument.core import flusher as _flusher
-from instrument.core.aggregate import Batch
+from instrument.core.batch import Batch
 from instrument.core.runtime import runtime
 from instrument.testing import FailingBackend, MemoryBackend
 
@@ -396,3 +396,25 @@ def test_synchronous_flushes_from_many_threads_lose_nothing() -> None:
     assert len(rows) == 12_000
     assert {r[1] for r in rows} == {"/w0", "/w1", "/w2", "/w3"}
     assert sorted(r[6] for r in rows if r[1] == "/w2") == list(range(3000))
+
+
+def test_every_batch_says_where_it_comes_from() -> None:
+    """The flusher stamps each batch with its host label, name limit and its own counts."""
+    failing = FailingBackend(failures=2)
+    memory = MemoryBackend()
+    instrument.configure(backends=[failing, memory], instance="web-7", max_routes=42,
+                         flush_interval=60)
+    _probe(1)
+    assert not instrument.flush(0.3)  # the failing backend keeps its batch
+    _probe(2)
+    assert instrument.flush(5)
+    origins = [b.origin for b in memory.batches]
+    assert origins and all(o is not None for o in origins)
+    assert {(o.host, o.max_names) for o in origins if o} == {("web-7", 42)}
+    assert origins[-1] is not None and origins[-1].errors >= 1  # failures before it was queued
+    runs = {o.run for o in origins if o}
+    instrument.configure(backends=[memory], flush_interval=60)
+    _probe(3)
+    assert instrument.flush(5)
+    last = memory.batches[-1].origin
+    assert last is not None and last.run not in runs and last.errors == 0  # a new flusher

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -27,14 +28,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from instrument.backends.postgresql import PostgreSQLBackend
 from instrument.backends.sqlite import SQLiteBackend
 from instrument.core import inflight as _inflight
-from instrument.core.aggregate import Aggregator, Batch
+from instrument.core.aggregate import Aggregator
+from instrument.core.batch import Batch, InFlight
 from instrument.core.buffer import Recorder
 from instrument.core.flusher import Flusher
-from instrument.core.inflight import InFlight, read_in_flight
 from instrument.exporters.snapshot import PostgreSQLSource, SQLiteSource
 from instrument.prometheus import InstrumentCollector
+from instrument.storage import inflight as _stored_in_flight
+from instrument.storage.inflight import read_in_flight
 from instrument.storage.pg_read import PgQueryConnection
-from instrument.storage.sqlite_totals import instance_name
 from instrument.testing import MemoryBackend
 from tests.pg_cluster import PgCluster, pg_cluster
 from tests.servers import gunicorn_server, wait_until
@@ -247,7 +249,7 @@ def test_store_keeps_one_row_per_process_and_sums_the_live_ones(
         kind: str, tmp_path: Path, request: pytest.FixtureRequest,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Either store sums unexpired readings per (host, pid), ignores late ones, prunes old ones."""
-    monkeypatch.setattr(_inflight, "_next_prune", {})
+    monkeypatch.setattr(_stored_in_flight, "_next_prune", {})
     if kind == "sqlite":
         target = str(tmp_path / "store.db")
         backend: Any = SQLiteBackend(target)
@@ -255,7 +257,7 @@ def test_store_keeps_one_row_per_process_and_sums_the_live_ones(
     else:
         target = request.getfixturevalue("pg").new_schema()
         backend = PostgreSQLBackend(target)
-        source = PostgreSQLSource(target, host=instance_name())
+        source = PostgreSQLSource(target, host=socket.gethostname())
     now = time.time()  # after the cluster started: live readings count for 30 s from here
 
     def write(value: int, pid: int, at: float, batch: Batch | None = None) -> None:
@@ -265,7 +267,7 @@ def test_store_keeps_one_row_per_process_and_sums_the_live_ones(
 
     try:
         write(1, 101, now - 2 * 3600)  # dead two hours ago: pruned by the next write
-        monkeypatch.setattr(_inflight, "_next_prune", {})
+        monkeypatch.setattr(_stored_in_flight, "_next_prune", {})
         t0 = time.perf_counter()
         sample = Aggregator().aggregate(
             [("http", t0, t0 + 0.01, 0.0, "/a", "GET", 200, 0, 0, None, False)])
@@ -284,7 +286,7 @@ def test_store_keeps_one_row_per_process_and_sums_the_live_ones(
         pids = sorted(r[0] for r in conn.execute("SELECT pid FROM process_in_flight").fetchall())
         assert pids == [102, 103, 104]
         assert read_in_flight(conn, "another-host", "?") == (0, 0)
-        assert read_in_flight(conn, instance_name(), "?", now=now + 31) == (0, 0)
+        assert read_in_flight(conn, socket.gethostname(), "?", now=now + 31) == (0, 0)
     finally:
         backend.close()
         if kind == "postgresql":

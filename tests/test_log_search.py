@@ -15,7 +15,7 @@ import pytest
 
 import instrument
 from instrument.backends.sqlite import SQLiteBackend, connect
-from instrument.core.aggregate import Batch
+from instrument.core.batch import Batch
 from instrument.logs import request_context, setup_logging
 from instrument.logsearch import LogQueryError, request_logs, search_logs
 from instrument.storage.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
@@ -221,6 +221,7 @@ def test_search_equals_a_brute_force_filter_on_out_of_order_batches(
     import random
 
     from instrument.storage import logsearch
+    from instrument.storage.logquery import iso_bound
 
     monkeypatch.setattr(logsearch, "_WINDOWS", (3, 7, 20))  # force every code path
     rng = random.Random(7)
@@ -266,8 +267,8 @@ def test_search_equals_a_brute_force_filter_on_out_of_order_batches(
                     and ("logger" not in kw or name == kw["logger"]
                          or name.startswith(kw["logger"] + "."))
                     and ("request_id" not in kw or rid == kw["request_id"])
-                    and ("since" not in kw or ts >= logsearch._iso(kw["since"], "since"))
-                    and ("until" not in kw or ts < logsearch._iso(kw["until"], "until")))
+                    and ("since" not in kw or ts >= iso_bound(kw["since"], "since"))
+                    and ("until" not in kw or ts < iso_bound(kw["until"], "until")))
 
         expected = sorted((r[0] for r in every if keep(r)), reverse=newest)[:limit]
         got = [r["id"] for r in search_logs(db_path, limit=limit, before_id=before,

@@ -154,7 +154,7 @@ def test_postgres_benchmark_quick_mode(pg: PgCluster, tmp_path: Path) -> None:
 
 def test_concurrent_writers_on_the_same_rows_add_up_exactly(pg: PgCluster) -> None:
     """Workers upserting the same rollups, histograms and totals at once never lose an update."""
-    from instrument.storage.sqlite_metrics import decode_hist
+    from instrument.storage.histblob import decode_hist
 
     url = pg.new_schema()
     per_batch, batches, writers = 60, 15, 3

@@ -30,7 +30,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import instrument
 from instrument.backends.sqlite import SQLiteBackend
-from instrument.core.aggregate import Aggregator, Batch
+from instrument.core.aggregate import Aggregator
+from instrument.core.batch import Batch
 from tests.servers import (
     HOST,
     gunicorn_server,

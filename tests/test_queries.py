@@ -23,7 +23,7 @@ import pytest
 import instrument
 from instrument import queries
 from instrument.backends.sqlite import SQLiteBackend, connect
-from instrument.core.aggregate import iso_utc
+from instrument.core.batch import iso_utc
 from instrument.core.runtime import runtime
 from instrument.storage import tiers as _tiers
 from instrument.storage.sqlite_schema import MIGRATIONS

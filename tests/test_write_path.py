@@ -12,19 +12,15 @@ from typing import Any
 import pytest
 
 from instrument.backends.sqlite import SQLiteBackend, connect
-from instrument.core.aggregate import Aggregator, Batch
+from instrument.core.aggregate import Aggregator
+from instrument.core.batch import Batch
 from instrument.core.buffer import Recorder
 from instrument.core.flusher import Flusher
 from instrument.core.histogram import PER_DOUBLING, bucket_index
 from instrument.exporters.prometheus import _DURATION_LIMITS, _cumulative
-from instrument.storage.sqlite_metrics import (
-    COARSE_PERIODS,
-    _merge_blobs,
-    encode_hist,
-    insert_rows,
-    insert_values,
-    tier_rows,
-)
+from instrument.storage.histblob import encode_hist, merge_blobs
+from instrument.storage.rows import COARSE_PERIODS, tier_rows
+from instrument.storage.sqlite_metrics import insert_rows, insert_values
 from instrument.testing import MemoryBackend
 
 ROUTES = ["/a", "/b/{id}", "/c"]
@@ -111,8 +107,8 @@ def test_merged_blobs_hold_the_summed_buckets() -> None:
     for _ in range(500):
         a = {rng.randint(-160, 300): rng.randint(1, 10**12) for _ in range(rng.randint(1, 30))}
         b = {rng.randint(-160, 300): rng.randint(1, 10**12) for _ in range(rng.randint(1, 30))}
-        assert _merge_blobs(encode_hist(a), encode_hist(b)) == encode_hist(Counter(a) + Counter(b))
-    assert _merge_blobs(None, b"x") == b"x" and _merge_blobs(b"x", None) == b"x"
+        assert merge_blobs(encode_hist(a), encode_hist(b)) == encode_hist(Counter(a) + Counter(b))
+    assert merge_blobs(None, b"x") == b"x" and merge_blobs(b"x", None) == b"x"
 
 
 def test_total_duration_buckets_are_per_doubling_and_exposition_counts_exact(

@@ -18,7 +18,7 @@ from typing import Any
 
 from instrument._errors import missing_extra
 from instrument.adapters.wsgi import EXC_KEY, ROUTE_KEY, InstrumentMiddleware
-from instrument.core.aggregate import UNMATCHED
+from instrument.core.batch import UNMATCHED
 
 try:
     import flask

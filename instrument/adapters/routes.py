@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from instrument.core.aggregate import UNMATCHED
+from instrument.core.batch import UNMATCHED
 
 __all__ = ["RouteResolver"]
 

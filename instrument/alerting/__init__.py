@@ -41,7 +41,7 @@ from instrument.alerting.state import (
     step,
 )
 from instrument.alerting.store import AlertStore
-from instrument.core.aggregate import iso_utc
+from instrument.core.batch import iso_utc
 
 __all__ = ["Alert", "AlertManager", "AlertRule", "AlertSeverity", "AlertStatus", "Threshold",
            "get_alert_manager", "reset_alert_manager"]

@@ -35,7 +35,7 @@ from instrument.alerting.state import (
     RuleState,
 )
 from instrument.alerting.store import AlertStore, History, Outgoing
-from instrument.core.aggregate import iso_utc
+from instrument.core.batch import iso_utc
 from instrument.core.suppress import suppressed
 
 __all__ = ["ChannelHealth", "Dispatcher", "rows_for", "snapshot"]

@@ -23,7 +23,7 @@ from typing import Any
 
 from instrument.alerting.schema import SCHEMA
 from instrument.alerting.state import Alert, AlertStatus, RuleState
-from instrument.core.aggregate import iso_utc
+from instrument.core.batch import iso_utc
 from instrument.core.forkguard import sqlite_section
 
 __all__ = ["AlertStore", "Outgoing"]

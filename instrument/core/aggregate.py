@@ -10,26 +10,15 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from itertools import chain
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any
 
+from instrument.core.batch import OVERFLOW, UNMATCHED, Batch
 from instrument.core.buffer import KIND_CALL, KIND_CLIENT, KIND_HTTP
 from instrument.core.histogram import PER_DOUBLING
 
-if TYPE_CHECKING:
-    from instrument.core.inflight import InFlight
+__all__ = ["Aggregator"]
 
-__all__ = ["CALL_WIDTH", "OVERFLOW", "REQUEST_WIDTH", "UNMATCHED", "Aggregator", "Batch",
-           "iso_utc"]
-
-#: Values in one raw request row and one raw call row (see :class:`Batch`).
-REQUEST_WIDTH = 12
-CALL_WIDTH = 8
-
-UNMATCHED = "__unmatched__"
-OVERFLOW = "__overflow__"
 
 _log2 = math.log2
 _MIN_INDEX = -10 * PER_DOUBLING
@@ -37,60 +26,6 @@ _STATUS_CODES: dict[str, int] = {}  # WSGI status line -> code, bounded (flusher
 # microseconds n as ".mmm" + "uuu": _DOT3[n // 1000] + _D3[n % 1000] == ".%06d" % n
 _D3 = [f"{i:03d}" for i in range(1000)]
 _DOT3 = ["." + d for d in _D3]
-
-
-@dataclass
-class Batch:
-    """One flush worth of data, shaped for storage.
-
-    ``requests`` rows: (timestamp, endpoint, method, status_code, response_time_ms,
-    request_size_bytes, response_size_bytes, error_count, ttfb_ms, exception,
-    client_disconnected, pid). ``calls`` rows: (timestamp, kind, name, method,
-    status_code, duration_ms, exception, pid). Both are held flat, row after row in
-    ``request_values`` (:data:`REQUEST_WIDTH` a row) and ``call_values``
-    (:data:`CALL_WIDTH`): a tuple per row made the flusher's batches the bulk of the
-    process's garbage-collector work (a young collection every 700 rows), and SQLite
-    binds a statement's parameters from one flat slice. ``requests`` and ``calls``
-    give them as tuples, for backends that want rows. ``rollups`` map (minute, kind,
-    name, method, status) to [count, errors, sum_ms, max_ms, sum_ttfb_ms,
-    request_bytes, response_bytes, {bucket: count}]. ``other`` carries samples of
-    kinds this module does not aggregate (system readings, log records), by kind.
-    ``exceptions`` counts (kind, name, method, exception type) and ``sizes`` counts
-    (family, kind, name, method, bucket) with family "request_size" / "response_size"
-    and bucket ``b`` holding sizes ``2**(b-1) < n <= 2**b`` (0 holds 0 and 1), for the
-    cumulative totals the Prometheus exposition reads. ``in_flight`` is this process's
-    reading of its HTTP requests in flight, set by the flusher (:mod:`instrument.core.inflight`).
-    """
-
-    request_values: list[Any] = field(default_factory=list)
-    call_values: list[Any] = field(default_factory=list)
-    rollups: dict[tuple[Any, ...], list[Any]] = field(default_factory=dict)
-    other: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
-    samples: int = 0
-    exceptions: dict[tuple[Any, ...], int] = field(default_factory=dict)
-    sizes: dict[tuple[Any, ...], int] = field(default_factory=dict)
-    in_flight: InFlight | None = None
-
-    def __len__(self) -> int:
-        return self.samples
-
-    @property
-    def requests(self) -> list[tuple[Any, ...]]:
-        """The raw request rows as tuples (built on each access)."""
-        return list(zip(*[iter(self.request_values)] * REQUEST_WIDTH, strict=True))
-
-    @requests.setter
-    def requests(self, rows: Iterable[Sequence[Any]]) -> None:
-        self.request_values = list(chain.from_iterable(rows))
-
-    @property
-    def calls(self) -> list[tuple[Any, ...]]:
-        """The raw call rows as tuples (built on each access)."""
-        return list(zip(*[iter(self.call_values)] * CALL_WIDTH, strict=True))
-
-    @calls.setter
-    def calls(self, rows: Iterable[Sequence[Any]]) -> None:
-        self.call_values = list(chain.from_iterable(rows))
 
 
 class _Clock:
@@ -113,13 +48,6 @@ class _Clock:
             self._sec = sec
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
         return f"{self._prefix}.{int((ts - sec) * 1e6):06d}"
-
-
-def iso_utc(ts: float) -> str:
-    """Seconds since the epoch as the ISO 8601 UTC text the tables store."""
-    sec = int(ts)
-    micro = int((ts - sec) * 1e6)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{micro:06d}"
 
 
 class Aggregator:

@@ -14,7 +14,9 @@ what lets one flusher store 100,000 samples a second (benchmarks/flusher.py).
 
 from __future__ import annotations
 
+import itertools
 import logging
+import socket
 import threading
 import time
 from collections import deque
@@ -22,7 +24,8 @@ from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
 from typing import Any
 
-from instrument.core.aggregate import Aggregator, Batch
+from instrument.core.aggregate import Aggregator
+from instrument.core.batch import Batch, Origin
 from instrument.core.buffer import SLOTS, Recorder
 from instrument.core.context import top_up
 from instrument.core.inflight import Gauge
@@ -37,6 +40,7 @@ _CHUNK = 1024 * SLOTS  # slots drained at a time while a batch is aggregated
 _BACKOFF_MIN = 0.5
 _BACKOFF_MAX = 30.0
 _MAX_PENDING = 256  # batches kept per failing backend before the oldest is given up
+_RUNS = itertools.count(1)  # one number per flusher, stamped on its batches' origin
 
 
 class _Feed:
@@ -107,9 +111,12 @@ class Flusher:
 
     def __init__(self, recorder: Recorder, backends: Sequence[Any], *, interval: float = 1.0,
                  max_routes: int = 1000, raw_rows: bool = True,
-                 rollup_interval: float | None = None) -> None:
+                 rollup_interval: float | None = None, host: str | None = None) -> None:
         self.recorder = recorder
         self.drops_at_start = recorder.dropped
+        self.host = host or socket.gethostname()
+        self.max_routes = max_routes
+        self.run = next(_RUNS)
         self.interval = interval
         # Rollups are handed over at least this often (by default every interval); raw rows
         # every cycle. Longer trades their freshness for fewer rollup writes at low rates.
@@ -254,7 +261,7 @@ class Flusher:
         if not hold and held is not None:  # held rollups, and no samples came to carry them
             last, held = self._queue(held), None
         self._held = held
-        self.in_flight.attach(last, self.states)  # the gauge, even when no samples came
+        self.in_flight.attach(last, self.states, self.origin())  # even when no samples came
         for state in self.states:
             self._deliver(state, force_retry)
         if moved:
@@ -268,7 +275,17 @@ class Flusher:
                     self._flush_done = ticket
                 self._cond.notify_all()
 
+    def origin(self) -> Origin:
+        """What the backends are told of this process with each batch (see Batch.origin)."""
+        lost = errors = 0
+        for state in self.states:
+            lost += state.samples_lost
+            errors += state.errors_total
+        return Origin(self.host, self.max_routes, self.run,
+                      self.recorder.dropped - self.drops_at_start + lost, errors)
+
     def _queue(self, batch: Batch) -> Batch:
+        batch.origin = self.origin()
         for state in self.states:
             state.pending.append(batch)
             while len(state.pending) > _MAX_PENDING:

@@ -21,26 +21,15 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
-from instrument.core.aggregate import Batch
+from instrument.core.batch import Batch, InFlight, Origin
 from instrument.core.buffer import Recorder
 
-__all__ = ["MIN_WINDOW", "Gauge", "InFlight", "read_in_flight", "window", "write_in_flight"]
+__all__ = ["MIN_WINDOW", "Gauge", "window"]
 
 #: Shortest time a reading is counted: a flush cycle late by a few seconds is not a death.
 MIN_WINDOW = 5.0
-_KEEP = 3600.0  # seconds an expired row is kept before a writer deletes it
-_PRUNE_EVERY = 60.0  # seconds between those deletes, per process and dialect
-
-
-class InFlight(NamedTuple):
-    """One process's reading of its in-flight count, as stored."""
-
-    value: int  # HTTP requests begun and not yet ended
-    pid: int
-    at: float  # when it was read (Unix time)
-    until: float  # readers count it until then, unless a newer reading replaces it
 
 
 def window(interval: float) -> float:
@@ -62,7 +51,7 @@ class Gauge:
         now = time.time()
         return InFlight(self.recorder.in_flight, os.getpid(), now, now + self.window)
 
-    def attach(self, batch: Batch | None, states: Iterable[Any]) -> None:
+    def attach(self, batch: Batch | None, states: Iterable[Any], origin: Origin) -> None:
         """Put a reading on the cycle's last ``batch``, or queue one alone when it is due.
 
         ``states`` are the flusher's BackendStates. A reading alone updates a queued
@@ -86,7 +75,7 @@ class Gauge:
                     pending[-1].in_flight = reading
                     continue
                 if alone is None:
-                    alone = Batch(in_flight=reading)
+                    alone = Batch(in_flight=reading, origin=origin)
                 pending.append(alone)
         self.sent, self.sent_at = reading.value, mono
 
@@ -94,47 +83,3 @@ class Gauge:
 def _reading_only(batch: Batch) -> bool:
     return (batch.in_flight is not None and not batch.samples and not batch.rollups
             and not batch.other and not batch.request_values and not batch.call_values)
-
-
-# -- storage (SQLite and PostgreSQL alike; ``p`` is the placeholder) ------------------------
-_UPSERT = (
-    "INSERT INTO process_in_flight (host, pid, in_flight, written_at, expires_at)"
-    " VALUES ({p}, {p}, {p}, {p}, {p}) ON CONFLICT (host, pid) DO UPDATE SET"
-    " in_flight = excluded.in_flight, written_at = excluded.written_at,"
-    " expires_at = excluded.expires_at"
-    " WHERE excluded.written_at >= process_in_flight.written_at"  # a late retry never rewinds
-)
-_PRUNE = {
-    "?": "DELETE FROM process_in_flight WHERE expires_at < ?",
-    # PostgreSQL locks rows: writers pruning at once skip each other's rows, never deadlock.
-    "%s": ("DELETE FROM process_in_flight WHERE (host, pid) IN (SELECT host, pid"
-           " FROM process_in_flight WHERE expires_at < %s FOR UPDATE SKIP LOCKED)"),
-}
-_READ = ("SELECT coalesce(sum(in_flight), 0), count(*) FROM process_in_flight"
-         " WHERE expires_at >= {p}")
-_next_prune: dict[str, float] = {}
-
-
-def write_in_flight(conn: Any, batch: Batch, host: str, param: str = "?") -> None:
-    """Store ``batch``'s reading, if it has one, inside the batch's transaction."""
-    reading = batch.in_flight
-    if reading is None:
-        return
-    conn.execute(_UPSERT.format(p=param),
-                 (host, reading.pid, reading.value, reading.at, reading.until))
-    mono = time.monotonic()
-    if mono >= _next_prune.get(param, 0.0):
-        _next_prune[param] = mono + _PRUNE_EVERY
-        conn.execute(_PRUNE[param], (reading.at - _KEEP,))
-
-
-def read_in_flight(conn: Any, host: str | None = None, param: str = "?",
-                   now: float | None = None) -> tuple[int, int]:
-    """(requests in flight, processes counted): the sum of the readings not yet expired."""
-    sql = _READ.format(p=param)
-    args: tuple[Any, ...] = (time.time() if now is None else now,)
-    if host is not None:
-        sql += f" AND host = {param}"
-        args += (host,)
-    row = conn.execute(sql, args).fetchone()
-    return (int(row[0]), int(row[1])) if row else (0, 0)

@@ -85,7 +85,8 @@ class Runtime:
         self.flusher = Flusher(self.recorder, self.backends,
                                interval=self.settings.flush_interval,
                                max_routes=self.settings.max_routes,
-                               raw_rows=self.settings.raw_rows)
+                               raw_rows=self.settings.raw_rows,
+                               host=self.settings.instance)
         self.flusher.start()
 
     def _stop_flusher(self) -> None:

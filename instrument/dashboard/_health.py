@@ -17,9 +17,9 @@ import sys
 import time
 from typing import Any
 
-from instrument.core.aggregate import iso_utc
-from instrument.core.inflight import read_in_flight
+from instrument.core.batch import iso_utc
 from instrument.dashboard._pgstore import has_table, is_pg
+from instrument.storage.inflight import read_in_flight
 
 __all__ = ["FAILING_AFTER", "DropWatch", "from_store", "in_process", "merge"]
 

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from instrument.core.histogram import PER_DOUBLING
-from instrument.storage.sqlite_metrics import COARSE_PERIODS, hist_value
+from instrument.storage.histblob import hist_value
+from instrument.storage.rows import COARSE_PERIODS
 
 __all__ = ["METRICS", "HistogramCache", "Slot", "request_series"]
 

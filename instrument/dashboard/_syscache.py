@@ -21,7 +21,7 @@ import threading
 from datetime import datetime, timezone
 from typing import Any
 
-from instrument.core.aggregate import iso_utc
+from instrument.core.batch import iso_utc
 from instrument.dashboard._pgstore import is_pg
 
 __all__ = ["AVERAGED", "SystemCache"]

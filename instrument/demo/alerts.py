@@ -26,7 +26,7 @@ from instrument.alerting import (
     Threshold,
     get_alert_manager,
 )
-from instrument.core.aggregate import iso_utc
+from instrument.core.batch import iso_utc
 
 __all__ = ["CHECK_INTERVAL", "RULE", "WINDOW", "Signals", "Watcher", "demo_rule", "start_alerts"]
 

@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from instrument.core.aggregate import UNMATCHED
+from instrument.core.batch import UNMATCHED
 
 __all__ = ["call_table", "count_requests", "flask_templates", "log_sample", "print_calls",
            "print_routes", "route_tables"]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from instrument.config import ConfigError, Settings
-from instrument.core.aggregate import iso_utc
+from instrument.core.batch import iso_utc
 from instrument.core.runtime import runtime
 from instrument.demo.console import Console, Progress
 

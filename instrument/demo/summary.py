@@ -6,7 +6,7 @@ import os
 from types import ModuleType
 from typing import Any
 
-from instrument.core.aggregate import iso_utc
+from instrument.core.batch import iso_utc
 from instrument.core.runtime import runtime
 from instrument.demo.report import (
     call_table,

@@ -1,7 +1,7 @@
 """Prometheus exposition of the kit's cumulative totals, correct across workers and machines.
 
 The numbers come from the store, not from process memory: every worker's
-flusher adds its deltas to cumulative totals there (``backends/_sqlite_totals.py``),
+flusher adds its deltas to cumulative totals there (:mod:`instrument.storage.totals`),
 so any worker, or ``instrument exporter``, answers a scrape with the totals of
 all workers ever started, counters never go backwards when workers are
 recycled, and a scrape reads a fixed number of rows. Totals are as fresh as
@@ -32,7 +32,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from instrument._errors import missing_extra
-from instrument.exporters.serve import MetricsASGI, MetricsWSGI, run_exporter, serve
 from instrument.exporters.snapshot import Snapshot, Source, source_for
 
 try:
@@ -48,8 +47,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise missing_extra("prometheus_client", "prometheus") from exc
 
-__all__ = ["DURATION_BOUNDS", "SIZE_BOUNDS", "InstrumentCollector", "MetricsASGI", "MetricsWSGI",
-           "make_registry", "render", "run_exporter", "serve"]
+__all__ = ["DURATION_BOUNDS", "SIZE_BOUNDS", "InstrumentCollector", "make_registry", "render"]
 
 #: ``le`` bounds in seconds: 2**k ms for k = -2..14 (0.25 ms to 16.4 s), fine-bucket edges.
 DURATION_BOUNDS = tuple(2.0 ** k / 1000.0 for k in range(-2, 15))

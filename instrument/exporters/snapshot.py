@@ -10,6 +10,7 @@ PostgreSQL keeps one connection per process, rebuilt after fork or an error.
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -17,10 +18,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from instrument.core.aggregate import iso_utc
+from instrument.core.batch import iso_utc
 from instrument.core.forkguard import sqlite_section
-from instrument.core.inflight import read_in_flight
-from instrument.storage.sqlite_totals import read_totals
+from instrument.storage.inflight import read_in_flight
+from instrument.storage.totals import read_totals
 
 __all__ = ["PostgreSQLSource", "SQLiteSource", "Snapshot", "Source", "source_for"]
 
@@ -168,8 +169,6 @@ def source_for(settings: Any, *, all_hosts: bool = False) -> Source:
     """The store the kit's settings write to: PostgreSQL (this host's rows) or SQLite."""
     window = max(120.0, 3.0 * float(getattr(settings, "collection_interval", 30.0)))
     if getattr(settings, "storage", None):
-        from instrument.storage.sqlite_totals import instance_name
-
-        host = None if all_hosts else (settings.instance or instance_name())
+        host = None if all_hosts else (settings.instance or socket.gethostname())
         return PostgreSQLSource(settings.storage, host=host, system_window=window)
     return SQLiteSource(settings.metrics_db, system_window=window)

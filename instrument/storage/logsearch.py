@@ -9,27 +9,30 @@ a ``ValueError`` a web handler can turn into a 400. Results come newest first
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
-from instrument.core.aggregate import iso_utc
 from instrument.core.forkguard import sqlite_section
+from instrument.storage.logquery import (
+    COLUMNS,
+    LogQueryError,
+    When,
+    as_items,
+    checked_limit,
+    iso_bound,
+    levelno,
+)
 
 __all__ = ["LogQueryError", "request_logs", "search_logs"]
 
 Database = str | os.PathLike[str] | sqlite3.Connection
-When = datetime | float | int | str | None
 
-_COLUMNS = ("id", "timestamp", "level", "levelno", "logger", "message", "exception", "extra",
-            "request_id", "route", "method", "pid")
-_SELECT = ", ".join("logs." + c for c in _COLUMNS)
-_MAX_LIMIT = 10_000
+_SELECT = ", ".join("logs." + c for c in COLUMNS)
 # Rowid windows walked newest-first before the indexes are asked (see _Query.newest).
 _WINDOWS = (2_000, 8_000, 32_000)
 # A filter with fewer lines than this in the whole table drives the search through its index.
@@ -37,38 +40,6 @@ _RARE = 5_000
 # At or below INFO most lines match: walking the table newest-first and stopping at
 # ``limit`` beats reading the level index and sorting the whole result.
 _SCAN_LEVEL = logging.INFO
-
-
-class LogQueryError(ValueError):
-    """A search the store cannot run: bad full-text syntax or a bad filter value."""
-
-
-def _levelno(level: int | str) -> int:
-    if isinstance(level, int):
-        return level
-    value = logging.getLevelName(level.strip().upper())
-    if isinstance(value, int):
-        return value
-    if level.strip().isdigit():
-        return int(level.strip())
-    raise LogQueryError(f"Unknown log level {level!r}; use DEBUG, INFO, WARNING, ERROR, "
-                        "CRITICAL or a number.")
-
-
-def _iso(value: When, name: str) -> str:
-    if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(timezone.utc).replace(tzinfo=None)
-        return value.isoformat(timespec="microseconds")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return iso_utc(float(value))
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise LogQueryError(f"{name}={value!r} is not an ISO 8601 time.") from None
-        return _iso(parsed, name)
-    raise LogQueryError(f"{name} must be a datetime, epoch seconds or ISO 8601 text.")
 
 
 def _minute(iso: str) -> int:
@@ -105,7 +76,7 @@ def search_logs(db: Database, *, text: str | None = None, level: int | str | Non
     ``since`` is inclusive and ``until`` exclusive; both take a datetime (naive
     means UTC), epoch seconds or ISO 8601 text. ``extra`` comes back parsed.
     ``db`` may also be a PostgreSQL store (URL or ``PgQueryConnection``): see
-    ``backends/_pg_logsearch.py``.
+    ``storage/pg_logsearch.py``.
     """
     from instrument.storage import pg_logsearch as _pg_logsearch
 
@@ -114,19 +85,17 @@ def search_logs(db: Database, *, text: str | None = None, level: int | str | Non
                                          request_id=request_id, since=since, until=until,
                                          limit=limit, before_id=before_id,
                                          newest_first=newest_first)
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-        raise LogQueryError(f"limit must be a positive integer, not {limit!r}.")
-    limit = min(limit, _MAX_LIMIT)
+    limit = checked_limit(limit)
     text = text.strip() if text else None
     q = _Query(text)
     if level is not None:
-        n = _levelno(level)
+        n = levelno(level)
         q.add("{p}logs.levelno >= ?", n, indexable=n > _SCAN_LEVEL)
     if logger:  # the logger itself, or a name in [logger + ".", logger + "/"): its children
         q.add("({p}logs.logger = ? OR ({p}logs.logger >= ? AND {p}logs.logger < ?))",
               logger, logger + ".", logger + "/")
-    since_iso = _iso(since, "since") if since is not None else None
-    until_iso = _iso(until, "until") if until is not None else None
+    since_iso = iso_bound(since, "since") if since is not None else None
+    until_iso = iso_bound(until, "until") if until is not None else None
     if since_iso is not None:
         q.add("{p}logs.timestamp >= ?", since_iso)
     if until_iso is not None:
@@ -147,21 +116,7 @@ def search_logs(db: Database, *, text: str | None = None, level: int | str | Non
                     f"Cannot parse search text {text!r}: {msg}. Put words with punctuation "
                     'in double quotes, e.g. "user-42".') from None
             raise
-    return _items(rows, _COLUMNS)
-
-
-def _items(rows: Iterable[Sequence[Any]], columns: Sequence[str]) -> list[dict[str, Any]]:
-    """Result rows as dicts, ``extra`` decoded from its JSON (kept as text if it is not)."""
-    out = []
-    for row in rows:
-        item = dict(zip(columns, row, strict=True))
-        if item["extra"]:
-            try:
-                item["extra"] = json.loads(item["extra"])
-            except ValueError:
-                pass
-        out.append(item)
-    return out
+    return as_items(rows, COLUMNS)
 
 
 class _Query:

@@ -19,21 +19,21 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from instrument.storage.logsearch import (
-    _COLUMNS,
-    _MAX_LIMIT,
+from instrument.storage.logquery import (
+    COLUMNS,
     LogQueryError,
     When,
-    _iso,
-    _items,
-    _levelno,
+    as_items,
+    checked_limit,
+    iso_bound,
+    levelno,
 )
 from instrument.storage.pg_read import PgQueryConnection, is_pg_url
 
 __all__ = ["compile_text", "handles", "search_logs"]
 
 _DOCUMENT = "to_tsvector('simple'::regconfig, message || ' ' || coalesce(exception, ''))"
-_SELECT = ", ".join((*_COLUMNS, "host"))
+_SELECT = ", ".join((*COLUMNS, "host"))
 _TOKEN = re.compile(r'\s*(?:"((?:[^"]|"")*)"|(\()|(\))|(\*)|([^\s()"*]+))')
 
 
@@ -145,8 +145,7 @@ def search_logs(db: Any, *, text: str | None = None, level: int | str | None = N
                 until: When = None, limit: int = 100, before_id: int | None = None,
                 newest_first: bool = True) -> list[dict[str, Any]]:
     """:func:`instrument.logsearch.search_logs` over ``db``, a PgQueryConnection or URL."""
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-        raise LogQueryError(f"limit must be a positive integer, not {limit!r}.")
+    limit = checked_limit(limit)
     where: list[str] = []
     params: list[Any] = []
     text = text.strip() if text else None
@@ -156,7 +155,7 @@ def search_logs(db: Any, *, text: str | None = None, level: int | str | None = N
         params += words
     if level is not None:
         where.append("levelno >= ?")
-        params.append(_levelno(level))
+        params.append(levelno(level))
     if logger:
         where.append("(logger = ? OR starts_with(logger, ?))")  # starts_with: any collation
         params += [logger, logger + "."]
@@ -165,17 +164,17 @@ def search_logs(db: Any, *, text: str | None = None, level: int | str | None = N
         params.append(request_id)
     if since is not None:
         where.append("timestamp >= ?")
-        params.append(_iso(since, "since"))
+        params.append(iso_bound(since, "since"))
     if until is not None:
         where.append("timestamp < ?")
-        params.append(_iso(until, "until"))
+        params.append(iso_bound(until, "until"))
     if before_id is not None:
         where.append("id < ?" if newest_first else "id > ?")
         params.append(int(before_id))
     order = "DESC" if newest_first else "ASC"
     sql = (f"SELECT {_SELECT} FROM logs{' WHERE ' if where else ''}{' AND '.join(where)}"
            f" ORDER BY id {order} LIMIT ?")
-    params.append(min(limit, _MAX_LIMIT))
+    params.append(limit)
     if isinstance(db, PgQueryConnection):
         rows = db.execute(sql, params).fetchall()
     else:
@@ -184,4 +183,4 @@ def search_logs(db: Any, *, text: str | None = None, level: int | str | None = N
             rows = conn.execute(sql, params).fetchall()
         finally:
             conn.close()
-    return _items(rows, (*_COLUMNS, "host"))
+    return as_items(rows, (*COLUMNS, "host"))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from instrument.storage.sqlite_metrics import hist_low, hist_value
+from instrument.storage.histblob import hist_low, hist_value
 
 __all__ = ["BUCKETS", "COARSE", "COUNTERS_ADD", "COUNTERS_MAX", "HISTOGRAMS", "ROLLUPS",
            "TOTALS", "TOTAL_BUCKETS", "Upsert", "merge_histograms"]

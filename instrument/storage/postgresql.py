@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from instrument._errors import missing_extra
-from instrument.core.aggregate import Batch, iso_utc
-from instrument.core.inflight import write_in_flight
+from instrument.core.batch import SYSTEM_COLUMNS, Batch, iso_utc
+from instrument.storage.inflight import write_in_flight
 from instrument.storage.pg_schema import migrate
 from instrument.storage.pg_write import (
     BUCKETS,
@@ -38,11 +38,15 @@ from instrument.storage.pg_write import (
     TOTALS,
     merge_histograms,
 )
-from instrument.storage.sqlite import scrub
-from instrument.storage.sqlite_logs import log_rows
-from instrument.storage.sqlite_metrics import COARSE_PERIODS, tier_rows
-from instrument.storage.sqlite_totals import batch_rows
-from instrument.system.reader import SYSTEM_COLUMNS
+from instrument.storage.rows import (
+    COARSE_PERIODS,
+    app_rows,
+    log_rows,
+    scrub,
+    system_rows,
+    tier_rows,
+)
+from instrument.storage.totals import batch_rows, host_of
 
 try:
     import psycopg
@@ -112,12 +116,9 @@ class PostgreSQLBackend:
         self._pid = os.getpid()
         self._connected = False
 
-    def host(self) -> str:
-        if self.instance:
-            return self.instance
-        from instrument.storage.sqlite_totals import instance_name
-
-        return instance_name()
+    def host(self, batch: Batch) -> str:
+        """The label ``batch``'s rows go under: ``instance=`` if given, else the batch's origin."""
+        return self.instance or host_of(batch)
 
     def write(self, batch: Batch) -> None:
         conn = self._connection()
@@ -143,7 +144,7 @@ class PostgreSQLBackend:
                     _RETENTION_EVERY, type(exc).__name__)
 
     def _write(self, conn: Any, batch: Batch) -> None:
-        host = self.host()
+        host = self.host(batch)
         rollups = batch.rollups
         with conn.transaction(), conn.cursor() as cur:
             _copy(cur, "api_metrics", _API_COLUMNS, batch.requests, host)
@@ -156,11 +157,9 @@ class PostgreSQLBackend:
                 COARSE.run(cur, [(*r, host) for r in coarse])
                 merge_histograms(cur, [(*r, host) for r in hists])
             other = batch.other
-            _copy(cur, "system_metrics", _SYSTEM_COLUMNS,
-                  [(iso_utc(s[1]), *(s[2].get(c) for c in SYSTEM_COLUMNS))
-                   for s in other.get("system", ())], host)
-            _copy(cur, "app_metrics", _APP_COLUMNS,
-                  [(iso_utc(s[1]), s[2], s[3], s[4], s[5]) for s in other.get("app", ())], host)
+            _copy(cur, "system_metrics", _SYSTEM_COLUMNS, system_rows(other.get("system", ())),
+                  host)
+            _copy(cur, "app_metrics", _APP_COLUMNS, app_rows(other.get("app", ())), host)
             logs = other.get("log")
             if logs:  # in time order, as SQLite stores them: ids page newest-first by time
                 _copy(cur, "logs", _LOG_COLUMNS, log_rows(sorted(logs, key=_created)), host)

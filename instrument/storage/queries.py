@@ -24,9 +24,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Union
 
-from instrument.core.aggregate import iso_utc
+from instrument.core.batch import iso_utc
 from instrument.core.forkguard import sqlite_section
-from instrument.storage.sqlite_metrics import COARSE_PERIODS, hist_low, hist_value
+from instrument.storage.histblob import hist_low, hist_value
+from instrument.storage.rows import COARSE_PERIODS
 from instrument.storage.tiers import (
     FOREVER,
     PCT_KEYS,

@@ -16,8 +16,9 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from instrument.core.aggregate import CALL_WIDTH, REQUEST_WIDTH, Batch, iso_utc
+from instrument.core.batch import CALL_WIDTH, REQUEST_WIDTH, Batch, iso_utc
 from instrument.core.forkguard import sqlite_section
+from instrument.storage.rows import scrub
 from instrument.storage.sqlite_logs import delete_logs_before, write_logs
 from instrument.storage.sqlite_metrics import (
     delete_metrics_before,
@@ -31,7 +32,7 @@ from instrument.storage.sqlite_metrics import (
 from instrument.storage.sqlite_schema import migrate
 from instrument.storage.sqlite_totals import write_totals
 
-__all__ = ["SQLiteBackend", "connect", "file_id", "scrub"]
+__all__ = ["SQLiteBackend", "connect", "file_id"]
 
 _RETENTION_EVERY = 600.0  # seconds between retention sweeps
 log = logging.getLogger("instrument")
@@ -125,28 +126,6 @@ def connect(path: str, *, timeout: float = 5.0, readonly: bool = False) -> sqlit
         # (Set after the migrations, whose GROUP BY over a large old file may need more.)
         conn.execute("PRAGMA temp_store = MEMORY")
     return conn
-
-
-def _escaped(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(value, tuple):
-        return tuple(_escaped(v) for v in value)
-    if isinstance(value, list):
-        return [_escaped(v) for v in value]
-    if isinstance(value, dict):
-        return {_escaped(k): _escaped(v) for k, v in value.items()}
-    return value
-
-
-def scrub(batch: Batch) -> None:
-    """Escape, in place, text UTF-8 cannot encode (``'\\udcff'`` becomes ``'\\\\udcff'``)."""
-    batch.request_values = _escaped(batch.request_values)
-    batch.call_values = _escaped(batch.call_values)
-    batch.rollups = _escaped(batch.rollups)
-    batch.other = _escaped(batch.other)
-    batch.exceptions = _escaped(batch.exceptions)
-    batch.sizes = _escaped(batch.sizes)
 
 
 def file_id(path: str) -> tuple[int, int] | None:

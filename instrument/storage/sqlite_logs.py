@@ -14,15 +14,14 @@ same, and let a search over a time window read just that window's rows.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from instrument.core.aggregate import iso_utc
+from instrument.storage.rows import log_rows
 
-__all__ = ["delete_logs_before", "log_rows", "write_logs"]
+__all__ = ["delete_logs_before", "write_logs"]
 
 _INSERT = (
     "INSERT INTO logs (timestamp, level, levelno, logger, message, exception, extra,"
@@ -37,22 +36,6 @@ _INDEX_NEW = (
     "INSERT INTO logs_fts (rowid, message, exception)"
     " SELECT id, message, exception FROM logs WHERE id > ?"
 )
-
-
-def log_rows(samples: Sequence[tuple[Any, ...]], pid: int | None = None) -> list[tuple[Any, ...]]:
-    """Turn ``("log", created, levelno, levelname, logger, message, exception, extra,
-    request_id, route, method)`` samples into ``logs`` rows."""
-    pid = os.getpid() if pid is None else pid
-    rows = []
-    sec, prefix = -1, ""
-    for s in samples:  # strftime once per second of timestamps, as _aggregate's clock does
-        ts = s[1]
-        whole = int(ts)
-        if whole != sec:
-            sec, prefix = whole, iso_utc(whole)[:-7]
-        rows.append((f"{prefix}.{int((ts - whole) * 1e6):06d}", s[3], s[2], s[4], s[5], s[6],
-                     s[7], s[8], s[9], s[10], pid))
-    return rows
 
 
 def write_logs(conn: sqlite3.Connection, samples: Sequence[tuple[Any, ...]]) -> int:

@@ -32,37 +32,24 @@ per ``INSERT ... VALUES (..), (..)`` statement rather than one statement per row
 from __future__ import annotations
 
 import sqlite3
-import struct
-import sys
-from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import chain
 from typing import Any
 
-from instrument.core.aggregate import iso_utc
-from instrument.system.reader import SYSTEM_COLUMNS
+from instrument.core.batch import SYSTEM_COLUMNS, iso_utc
+from instrument.storage.histblob import merge_blobs
+from instrument.storage.rows import COARSE_PERIODS, app_rows, system_rows, tier_rows
 
 __all__ = [
-    "COARSE_PERIODS",
-    "decode_hist",
     "delete_metrics_before",
-    "encode_hist",
-    "hist_low",
-    "hist_pairs",
-    "hist_value",
     "insert_rows",
+    "insert_values",
     "register",
-    "tier_rows",
     "write_app",
     "write_system",
     "write_tiers",
 ]
 
-_SWAP = sys.byteorder != "little"
-_HEADER = struct.Struct("<q")
-
-#: Periods (seconds) of the coarse tiers; the minute tier is ``metric_rollups`` itself.
-COARSE_PERIODS = (600, 3600, 21600)
 
 _COARSE_TAIL = (
     " ON CONFLICT(period, start, kind, name, method, status_code) DO UPDATE SET"
@@ -81,71 +68,9 @@ UPSERT_COARSE = ("INSERT INTO metric_rollups_coarse VALUES (?,?,?,?,?,?,?,?,?,?,
 UPSERT_HISTOGRAM = "INSERT INTO metric_histograms VALUES (?,?,?,?,?,?)" + _HISTOGRAM_TAIL
 
 
-def encode_hist(buckets: Mapping[int, int]) -> bytes:
-    """Pack sparse {bucket: count} into the dense blob layout."""
-    lo = min(buckets)
-    counts = [0] * (max(buckets) - lo + 1)
-    for index, count in buckets.items():
-        counts[index - lo] += count
-    arr = array("q", [lo])
-    arr.extend(counts)
-    if _SWAP:
-        arr.byteswap()
-    return arr.tobytes()
-
-
-def decode_hist(blob: bytes) -> tuple[int, list[int]]:
-    """The lowest bucket index and the dense counts from it upwards."""
-    arr = array("q")
-    arr.frombytes(blob)
-    if _SWAP:
-        arr.byteswap()
-    return arr[0], arr[1:].tolist()
-
-
-def hist_low(blob: bytes) -> int:
-    """The lowest bucket index a blob holds."""
-    return int(_HEADER.unpack_from(blob)[0])
-
-
-def hist_value(blob: bytes, base: int) -> int:
-    """The blob's counts as one integer with a 64-bit field per bucket from ``base`` up.
-
-    Adding two such integers adds every bucket at once (counts never carry into the
-    next field), so merging hundreds of histograms costs hundreds of big-integer
-    additions instead of tens of thousands of Python-level ones.
-    """
-    lo = _HEADER.unpack_from(blob)[0]
-    return (int.from_bytes(blob, "little") >> 64) << ((lo - base) * 64)
-
-
-def hist_pairs(value: int, base: int) -> list[tuple[int, int]]:
-    """(bucket, count) pairs, non-empty only, of a :func:`hist_value` sum."""
-    arr = array("q")
-    arr.frombytes(value.to_bytes((value.bit_length() + 63) // 64 * 8, "little"))
-    if _SWAP:
-        arr.byteswap()
-    return [(base + i, c) for i, c in enumerate(arr) if c]
-
-
-def _merge_blobs(old: bytes | None, new: bytes | None) -> bytes | None:
-    # Called by SQLite for every histogram upsert that meets a stored row: the counts
-    # are read past the header through memoryviews (no copy, no shift of the lower one).
-    if old is None:
-        return new
-    if new is None:
-        return old
-    (a,), (b,) = _HEADER.unpack_from(old), _HEADER.unpack_from(new)
-    if a > b:
-        old, new, a, b = new, old, b, a
-    value = int.from_bytes(memoryview(old)[8:], "little") + (
-        int.from_bytes(memoryview(new)[8:], "little") << (64 * (b - a)))
-    return old[:8] + value.to_bytes((value.bit_length() + 63) // 64 * 8, "little")
-
-
 def register(conn: sqlite3.Connection) -> None:
     """Make ``instrument_hist_merge`` available to this connection's upserts."""
-    conn.create_function("instrument_hist_merge", 2, _merge_blobs, deterministic=True)
+    conn.create_function("instrument_hist_merge", 2, merge_blobs, deterministic=True)
 
 
 # -- many rows per statement ---------------------------------------------------------------
@@ -210,73 +135,6 @@ def insert_values(conn: sqlite3.Connection, head: str, width: int, values: Seque
         conn.execute(sql, values[i * width:(i + k) * width])
 
 
-_PACK_INTO = struct.Struct("<q").pack_into
-
-
-def tier_rows(rollups: Mapping[tuple[Any, ...], list[Any]]
-              ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """Coarse rollup rows and histogram rows (every tier) for one batch's minute rollups.
-
-    A route's buckets are summed over status codes per minute as dicts and packed
-    once into the minute's blob; a coarser period that only this minute of the batch
-    falls in (the usual case) takes that same blob, and one that several minutes fall
-    in adds them as :func:`hist_value`-style integers (one addition merges every bucket).
-    """
-    coarse: dict[tuple[Any, ...], list[Any]] = {}
-    minutes: dict[tuple[Any, ...], dict[int, int]] = {}
-    for (minute, kind, name, method, status), v in rollups.items():
-        for period in COARSE_PERIODS:
-            key = (period, minute - minute % period, kind, name, method, status)
-            h = coarse.get(key)
-            if h is None:
-                coarse[key] = v[:7]
-            else:
-                h[0] += v[0]
-                h[1] += v[1]
-                h[2] += v[2]
-                h[3] = max(h[3], v[3])
-                h[4] += v[4]
-                h[5] += v[5]
-                h[6] += v[6]
-        mkey = (minute, kind, name, method)
-        acc = minutes.get(mkey)
-        if acc is None:
-            minutes[mkey] = dict(v[7])
-        else:
-            for bucket, count in v[7].items():
-                acc[bucket] = acc.get(bucket, 0) + count
-    tiers: dict[tuple[Any, ...], list[bytes]] = {}
-    pack = _PACK_INTO
-    for (minute, kind, name, method), hist in minutes.items():
-        if not hist:
-            continue
-        lo = min(hist)
-        dense = bytearray(8 * (max(hist) - lo + 2))  # the header, then lo .. max
-        pack(dense, 0, lo)
-        for bucket, count in hist.items():
-            pack(dense, 8 * (bucket - lo + 1), count)
-        blob = bytes(dense)
-        for period in (60, *COARSE_PERIODS):
-            hkey = (period, minute - minute % period, kind, name, method)
-            same = tiers.get(hkey)
-            if same is None:
-                tiers[hkey] = [blob]
-            else:
-                same.append(blob)
-    return ([(*k, *v) for k, v in coarse.items()],
-            [(*k, blobs[0] if len(blobs) == 1 else _sum_blobs(blobs))
-             for k, blobs in tiers.items()])
-
-
-def _sum_blobs(blobs: list[bytes]) -> bytes:
-    lows = [_HEADER.unpack_from(b)[0] for b in blobs]
-    lo = min(lows)
-    value = sum(int.from_bytes(memoryview(b)[8:], "little") << (64 * (low - lo))
-                for low, b in zip(lows, blobs, strict=True))
-    return blobs[lows.index(lo)][:8] + value.to_bytes((value.bit_length() + 63) // 64 * 8,
-                                                      "little")
-
-
 def write_tiers(conn: sqlite3.Connection, rollups: Mapping[tuple[Any, ...], list[Any]]) -> None:
     """Upsert the coarse rollups and histograms of a batch; call inside its transaction."""
     if rollups:
@@ -294,13 +152,12 @@ _INSERT_APP = "INSERT INTO app_metrics (timestamp, name, kind, value, pid) VALUE
 
 def write_system(conn: sqlite3.Connection, samples: Iterable[tuple[Any, ...]]) -> None:
     """Insert ``("system", ts, {column: value})`` samples; missing columns are NULL."""
-    conn.executemany(_INSERT_SYSTEM, [(iso_utc(s[1]), *(s[2].get(c) for c in SYSTEM_COLUMNS))
-                                      for s in samples])
+    conn.executemany(_INSERT_SYSTEM, system_rows(samples))
 
 
 def write_app(conn: sqlite3.Connection, samples: Iterable[tuple[Any, ...]]) -> None:
     """Insert ``("app", ts, name, kind, value, pid)`` samples."""
-    conn.executemany(_INSERT_APP, [(iso_utc(s[1]), s[2], s[3], s[4], s[5]) for s in samples])
+    conn.executemany(_INSERT_APP, app_rows(samples))
 
 
 def delete_metrics_before(conn: sqlite3.Connection, cutoff: float, chunk: int = 20_000) -> int:

@@ -15,7 +15,8 @@ import time
 from typing import Any
 
 from instrument.core.histogram import PER_DOUBLING
-from instrument.storage.sqlite_metrics import COARSE_PERIODS, hist_low, hist_pairs, hist_value
+from instrument.storage.histblob import hist_low, hist_pairs, hist_value
+from instrument.storage.rows import COARSE_PERIODS
 
 __all__ = [
     "FOREVER",

@@ -29,10 +29,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from instrument.core.batch import SYSTEM_COLUMNS
 from instrument.core.forkguard import sqlite_section
 from instrument.core.runtime import ON, runtime
 from instrument.storage import queries
-from instrument.system.reader import SYSTEM_COLUMNS, SystemMetrics, SystemReader
+from instrument.system.reader import SystemMetrics, SystemReader
 
 __all__ = [
     "ApplicationMetrics",

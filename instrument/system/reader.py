@@ -27,18 +27,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-__all__ = ["SYSTEM_COLUMNS", "SystemMetrics", "SystemReader"]
+from instrument.core.batch import SYSTEM_COLUMNS
+
+__all__ = ["SystemMetrics", "SystemReader"]
 
 log = logging.getLogger("instrument")
 
-#: Column order of a reading (after ``timestamp``); the ``system_metrics`` table's columns.
-SYSTEM_COLUMNS: tuple[str, ...] = (
-    "cpu_percent", "memory_percent", "memory_used_mb", "memory_available_mb",
-    "disk_usage_percent", "disk_free_gb", "network_bytes_sent", "network_bytes_recv",
-    "active_connections", "process_rss_mb", "process_cpu_percent", "process_threads",
-    "process_open_files", "kit_buffered", "kit_dropped", "kit_flush_ms", "kit_backend_errors",
-    "pid",
-)
 
 _MB = 1024.0 * 1024.0
 _GB = _MB * 1024.0

@@ -8,6 +8,7 @@ Assertions read back through the SQLite-dialect SQL the kit's read side uses
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import time
 from collections import Counter
@@ -18,18 +19,17 @@ from typing import Any
 import psycopg
 import pytest
 
-import instrument
 from instrument import queries
 from instrument.backends.postgresql import PostgreSQLBackend
 from instrument.backends.sqlite import SQLiteBackend
-from instrument.core.aggregate import Aggregator, Batch
+from instrument.core.aggregate import Aggregator
+from instrument.core.batch import Batch, Origin
 from instrument.core.histogram import bucket_index
 from instrument.exporters.snapshot import PostgreSQLSource, SQLiteSource
 from instrument.prometheus import InstrumentCollector
+from instrument.storage.histblob import decode_hist
 from instrument.storage.pg_read import PgQueryConnection
-from instrument.storage.sqlite_metrics import decode_hist
-from instrument.storage.sqlite_totals import instance_name, read_totals
-from instrument.testing import MemoryBackend
+from instrument.storage.totals import read_totals
 from tests.pg_cluster import PgCluster, pg_cluster
 
 NOW = time.time()
@@ -249,12 +249,17 @@ def test_a_failed_batch_leaves_nothing_and_its_retry_counts_once(store: Store) -
 
 def test_cardinality_guard_holds_across_writers(store: Store) -> None:
     """New names beyond max_routes fold into __overflow__ even when they come from other writers."""
-    instrument.configure(backends=[MemoryBackend()], max_routes=3)
     one, two = store.backend(), store.backend()
     w = MINUTE + 30
-    one.write(Aggregator().aggregate([http(w, 1.0, route=r) for r in ("/a", "/b")]))
-    two.write(Aggregator().aggregate([http(w, 1.0, route=r) for r in ("/c", "/d", "/e", "/a")]))
-    one.write(Aggregator().aggregate([http(w, 1.0, route=r) for r in ("/f", "/b")]))
+
+    def batch(*routes: str) -> Batch:  # as a flusher with max_routes=3 stamps it
+        b = Aggregator().aggregate([http(w, 1.0, route=r) for r in routes])
+        b.origin = Origin(socket.gethostname(), 3, 1, 0, 0)
+        return b
+
+    one.write(batch("/a", "/b"))
+    two.write(batch("/c", "/d", "/e", "/a"))
+    one.write(batch("/f", "/b"))
     rows = dict(store.rows("SELECT name, sum(count) FROM metric_totals GROUP BY name"))
     assert rows == {"/a": 2, "/b": 2, "/c": 1, "__overflow__": 3}
 
@@ -265,7 +270,7 @@ def test_exposition_reads_the_same_totals_from_either_store(store: Store, tmp_pa
     b.write(batch_a())
     b.write(batch_b())
     source = (SQLiteSource(store.target) if store.kind == "sqlite"
-              else PostgreSQLSource(store.target, host=instance_name()))
+              else PostgreSQLSource(store.target, host=socket.gethostname()))
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for fam in InstrumentCollector(source).collect() for s in fam.samples
                if not s.name.startswith("instrument_kit_last")}

@@ -21,7 +21,7 @@ import requests
 
 import instrument
 from instrument.backends.sqlite import SQLiteBackend
-from instrument.core.aggregate import Batch
+from instrument.core.batch import Batch
 from tests.reliability.harness import (
     FIGURES,
     TOKEN,

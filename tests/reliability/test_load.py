@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import instrument
-from instrument.core.aggregate import Batch
+from instrument.core.batch import Batch
 from instrument.core.runtime import runtime
 from instrument.testing import MemoryBackend
 from instrument.wsgi import InstrumentMiddleware
