@@ -22,7 +22,8 @@ from typing import Any
 
 from instrument.config import ConfigError, Settings
 from instrument.core.runtime import ON, runtime
-from instrument.system.collector import MetricsCollector, get_metrics_collector
+from instrument.system.collector import MetricsCollector
+from instrument.system.current import get_metrics_collector
 
 __all__ = [
     "MonitoringSystem",

@@ -1,4 +1,10 @@
-"""Backends receive aggregated batches from the flusher; one module per backend."""
+"""Where users import backends from: storage and alert channels, under the names they know.
+
+Each module here re-exports one from its room: ``sqlite`` and ``postgresql`` from
+:mod:`instrument.storage`, ``email``, ``slack``, ``webhook``, ``pagerduty``,
+``alertmanager`` and ``log_channel`` from :mod:`instrument.alerting.channels`.
+:class:`Backend` is what the flusher calls (``write(batch)``, ``close()``).
+"""
 
 from __future__ import annotations
 

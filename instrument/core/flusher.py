@@ -19,7 +19,6 @@ import logging
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
 from typing import Any
@@ -29,9 +28,10 @@ from instrument.core.batch import Batch, Origin
 from instrument.core.buffer import SLOTS, Recorder
 from instrument.core.context import top_up
 from instrument.core.inflight import Gauge
+from instrument.core.pending import BackendState
 from instrument.core.suppress import suppressed
 
-__all__ = ["BackendState", "Flusher"]
+__all__ = ["Flusher"]
 
 log = logging.getLogger("instrument")
 
@@ -73,37 +73,6 @@ class _Feed:
             left -= popped
             self.count += len(part)
             yield part
-
-
-class BackendState:
-    """A backend with its pending batches and its recent failures."""
-
-    def __init__(self, backend: Any) -> None:
-        self.backend = backend
-        self.name: str = getattr(backend, "name", type(backend).__name__)
-        self.pending: deque[Batch] = deque()
-        self.failures = 0  # consecutive
-        self.errors_total = 0
-        self.last_error: str | None = None
-        self.last_error_at: float | None = None
-        self.last_success_at: float | None = None
-        self.retry_at = 0.0
-        self.samples_written = 0
-        self.samples_lost = 0
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "healthy": self.failures == 0,
-            "pending_batches": len(self.pending),
-            "consecutive_failures": self.failures,
-            "errors_total": self.errors_total,
-            "last_error": self.last_error,
-            "last_error_at": self.last_error_at,
-            "last_success_at": self.last_success_at,
-            "samples_written": self.samples_written,
-            "samples_lost": self.samples_lost,
-        }
 
 
 class Flusher:

@@ -61,7 +61,7 @@ def in_process(stats: dict[str, Any], drops: DropWatch, now: float) -> tuple[lis
         text = (f"backend {backend.get('name')!r} failed {fails} time(s) in a row:"
                 f" {backend.get('last_error')}")
         (failing if fails >= FAILING_AFTER else degraded).append(text)
-    collector = sys.modules.get("instrument.system.collector")
+    collector = sys.modules.get("instrument.system.current")
     current = getattr(collector, "_collector", None) if collector is not None else None
     if current is not None and getattr(current, "_thread", None) is not None \
             and not current.running:

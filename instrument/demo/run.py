@@ -114,7 +114,7 @@ class _Demo:
         from instrument.demo.servers import load_example, serve_asgi, serve_wsgi
         from instrument.logs import setup_logging
         from instrument.storage.sqlite import connect
-        from instrument.system.collector import get_metrics_collector, reset_metrics_collector
+        from instrument.system.current import get_metrics_collector, reset_metrics_collector
 
         os.environ["INSTRUMENT_ALERTS_DB"] = self.alerts_db  # the dashboard reads alerts here
         runtime.configure(metrics_db=self.db, storage=None, backends=None, enabled=True,
