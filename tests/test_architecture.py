@@ -171,3 +171,23 @@ def test_the_graph_reads_real_imports() -> None:
     assert "instrument.core.buffer" in GRAPH["instrument.core.flusher"]
     assert "instrument.core.runtime" in GRAPH["instrument.adapters.wsgi"]
     assert "instrument.adapters.wsgi" in GRAPH["instrument.wsgi"]
+
+
+def _batch_writes(path: Path) -> list[int]:
+    """Lines where ``path`` hands a batch to some object's ``write`` (not ``super().write``)."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "write" and node.args
+                and isinstance(node.args[0], ast.Name) and "batch" in node.args[0].id.lower()
+                and not (isinstance(node.func.value, ast.Call)
+                         and isinstance(node.func.value.func, ast.Name)
+                         and node.func.value.func.id == "super")):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_only_the_flusher_calls_backends() -> None:
+    """A batch reaches a backend from the flusher alone: retries, backoff and health live there."""
+    writers = {m: lines for m, path in MODULES.items() if (lines := _batch_writes(path))}
+    assert set(writers) == {"instrument.core.flusher"}, writers

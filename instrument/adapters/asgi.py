@@ -57,6 +57,17 @@ class _Exchange:
     """One request: counters, the wrapped receive and send, and the request context."""
 
     __slots__ = ("_receive", "_send", "disc", "qb", "rb", "rid", "scope", "status", "t_end", "tf")
+    # Annotations only (no values: slots and class attributes cannot share a name).
+    _receive: Any
+    _send: Any
+    disc: bool
+    qb: int
+    rb: int
+    rid: str | None
+    scope: Any
+    status: int
+    t_end: float
+    tf: float
     # No __init__: the middleware sets the slots inline, a Python call frame costs more.
 
     async def receive(self) -> Message:

@@ -87,7 +87,7 @@ class _Input:
         return getattr(self._raw, name)
 
 
-class _Exchange(list):  # type: ignore[type-arg]
+class _Exchange(list[bytes]):
     """One request: start_response, the response body and the request context in one object.
 
     A list subclass: when the app hands over its body whole as a list (the common
@@ -100,6 +100,20 @@ class _Exchange(list):  # type: ignore[type-arg]
 
     __slots__ = ("_sr", "_w", "done", "env", "exc", "inp", "rb", "rid", "route", "status", "t0",
                  "tf", "tok")
+    # Annotations only (no values: slots and class attributes cannot share a name).
+    _sr: Any
+    _w: Any
+    done: bool
+    env: dict[str, Any]
+    exc: type[BaseException] | None
+    inp: Any
+    rb: int
+    rid: str | None
+    route: str | None
+    status: str
+    t0: float
+    tf: float
+    tok: Any
 
     def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
         # Passed to the app as a bound method: calling an instance would cost more.

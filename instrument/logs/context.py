@@ -33,7 +33,7 @@ def context_of(record: logging.LogRecord) -> tuple[str, str, str] | None:
     if ctx is NO_CTX:
         ctx = current.get()
     if ctx is None or ctx.__class__ is tuple:  # stamped by ContextFilter: already described
-        return ctx  # type: ignore[no-any-return]
+        return ctx
     return describe(ctx)
 
 

@@ -12,12 +12,12 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from instrument.core.batch import iso_utc
 
-__all__ = ["COLUMNS", "MAX_LIMIT", "LogQueryError", "When", "as_items", "checked_limit",
-           "iso_bound", "levelno"]
+__all__ = ["COLUMNS", "MAX_LIMIT", "Filters", "LogQueryError", "When", "as_items", "checked",
+           "checked_limit", "iso_bound", "levelno"]
 
 When = datetime | float | int | str | None
 
@@ -65,6 +65,22 @@ def checked_limit(limit: Any) -> int:
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise LogQueryError(f"limit must be a positive integer, not {limit!r}.")
     return min(limit, MAX_LIMIT)
+
+
+class Filters(NamedTuple):
+    """A search's checked values: what either store puts in its WHERE clause."""
+
+    limit: int
+    levelno: int | None
+    since: str | None
+    until: str | None
+
+
+def checked(level: int | str | None, since: When, until: When, limit: Any) -> Filters:
+    """The filters both stores share, checked once: a bad one raises :class:`LogQueryError`."""
+    return Filters(checked_limit(limit), None if level is None else levelno(level),
+                   None if since is None else iso_bound(since, "since"),
+                   None if until is None else iso_bound(until, "until"))
 
 
 def as_items(rows: Iterable[Sequence[Any]], columns: Sequence[str]) -> list[dict[str, Any]]:

@@ -18,15 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from instrument.core.forkguard import sqlite_section
-from instrument.storage.logquery import (
-    COLUMNS,
-    LogQueryError,
-    When,
-    as_items,
-    checked_limit,
-    iso_bound,
-    levelno,
-)
+from instrument.storage.logquery import COLUMNS, LogQueryError, When, as_items, checked
 
 __all__ = ["LogQueryError", "request_logs", "search_logs"]
 
@@ -85,17 +77,14 @@ def search_logs(db: Database, *, text: str | None = None, level: int | str | Non
                                          request_id=request_id, since=since, until=until,
                                          limit=limit, before_id=before_id,
                                          newest_first=newest_first)
-    limit = checked_limit(limit)
+    limit, n, since_iso, until_iso = checked(level, since, until, limit)
     text = text.strip() if text else None
     q = _Query(text)
-    if level is not None:
-        n = levelno(level)
+    if n is not None:
         q.add("{p}logs.levelno >= ?", n, indexable=n > _SCAN_LEVEL)
     if logger:  # the logger itself, or a name in [logger + ".", logger + "/"): its children
         q.add("({p}logs.logger = ? OR ({p}logs.logger >= ? AND {p}logs.logger < ?))",
               logger, logger + ".", logger + "/")
-    since_iso = iso_bound(since, "since") if since is not None else None
-    until_iso = iso_bound(until, "until") if until is not None else None
     if since_iso is not None:
         q.add("{p}logs.timestamp >= ?", since_iso)
     if until_iso is not None:

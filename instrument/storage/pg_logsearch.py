@@ -19,15 +19,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from instrument.storage.logquery import (
-    COLUMNS,
-    LogQueryError,
-    When,
-    as_items,
-    checked_limit,
-    iso_bound,
-    levelno,
-)
+from instrument.storage.logquery import COLUMNS, LogQueryError, When, as_items, checked
 from instrument.storage.pg_read import PgQueryConnection, is_pg_url
 
 __all__ = ["compile_text", "handles", "search_logs"]
@@ -145,7 +137,7 @@ def search_logs(db: Any, *, text: str | None = None, level: int | str | None = N
                 until: When = None, limit: int = 100, before_id: int | None = None,
                 newest_first: bool = True) -> list[dict[str, Any]]:
     """:func:`instrument.logsearch.search_logs` over ``db``, a PgQueryConnection or URL."""
-    limit = checked_limit(limit)
+    limit, n, since_iso, until_iso = checked(level, since, until, limit)
     where: list[str] = []
     params: list[Any] = []
     text = text.strip() if text else None
@@ -153,21 +145,21 @@ def search_logs(db: Any, *, text: str | None = None, level: int | str | None = N
         expr, words = compile_text(text)
         where.append(f"{_DOCUMENT} @@ {expr}")
         params += words
-    if level is not None:
+    if n is not None:
         where.append("levelno >= ?")
-        params.append(levelno(level))
+        params.append(n)
     if logger:
         where.append("(logger = ? OR starts_with(logger, ?))")  # starts_with: any collation
         params += [logger, logger + "."]
     if request_id:
         where.append("request_id = ?")
         params.append(request_id)
-    if since is not None:
+    if since_iso is not None:
         where.append("timestamp >= ?")
-        params.append(iso_bound(since, "since"))
-    if until is not None:
+        params.append(since_iso)
+    if until_iso is not None:
         where.append("timestamp < ?")
-        params.append(iso_bound(until, "until"))
+        params.append(until_iso)
     if before_id is not None:
         where.append("id < ?" if newest_first else "id > ?")
         params.append(int(before_id))

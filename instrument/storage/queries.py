@@ -42,17 +42,6 @@ from instrument.storage.tiers import (
 
 _STEPS = ((60, 3 * 3600), (600, 36 * 3600), (3600, 9 * 86400))  # (step, longest window)
 
-__all__ = [
-    "Database",
-    "api_stats",
-    "app_metric_series",
-    "app_metrics_latest",
-    "open_readonly",
-    "recent_system_metrics",
-    "summary",
-    "system_stats",
-    "timeseries",
-]
 
 Database = Union[sqlite3.Connection, str, "os.PathLike[str]"]
 
