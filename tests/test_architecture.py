@@ -191,3 +191,45 @@ def test_only_the_flusher_calls_backends() -> None:
     """A batch reaches a backend from the flusher alone: retries, backoff and health live there."""
     writers = {m: lines for m, path in MODULES.items() if (lines := _batch_writes(path))}
     assert set(writers) == {"instrument.core.flusher"}, writers
+
+
+#: The faces users import, and names each must keep (issue 18 promised them all).
+FACES = {
+    "instrument": ["configure", "timed", "timer", "stats", "shutdown", "ConfigError"],
+    "instrument.wsgi": ["InstrumentMiddleware"],
+    "instrument.asgi": ["InstrumentMiddleware"],
+    "instrument.flask": ["Instrument"],
+    "instrument.fastapi": ["InstrumentMiddleware", "instrument_app"],
+    "instrument.requests": ["instrument_session"],
+    "instrument.decorators": ["timed", "timer"],
+    "instrument.logs": ["setup_logging", "request_context", "JsonFormatter"],
+    "instrument.logsearch": ["search_logs", "request_logs", "LogQueryError"],
+    "instrument.queries": ["summary", "api_stats", "timeseries"],
+    "instrument.alerting": ["get_alert_manager", "AlertRule", "AlertSeverity", "AlertManager"],
+    "instrument.metrics_collector": ["get_metrics_collector", "MetricsCollector",
+                                     "ApplicationMetrics"],
+    "instrument.startup": ["initialize_monitoring_system", "start_monitoring_with_config"],
+    "instrument.prometheus": [],
+    "instrument.testing": [],
+    "instrument.cli": ["main"],
+    "instrument.backends.sqlite": ["SQLiteBackend"],
+    "instrument.backends.postgresql": ["PostgreSQLBackend"],
+    "instrument.backends.email": ["EmailChannel"],
+    "instrument.backends.slack": ["SlackChannel"],
+    "instrument.backends.webhook": ["WebhookChannel"],
+    "instrument.backends.pagerduty": ["PagerDutyChannel"],
+    "instrument.backends.alertmanager": ["AlertmanagerChannel"],
+    "instrument.backends.log_channel": [],
+}
+
+
+@pytest.mark.parametrize("face", sorted(FACES))
+def test_public_faces_keep_their_names(face: str) -> None:
+    """Moving a module behind a face must not move what users import from it."""
+    import importlib
+
+    module = importlib.import_module(face)
+    missing = [n for n in FACES[face] if not hasattr(module, n)]
+    assert not missing, f"{face} lost {missing}"
+    for name in getattr(module, "__all__", ()):
+        assert hasattr(module, name), f"{face}.__all__ names {name}, which is not there"
