@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from instrument._envcheck import warn_unknown as _warn_unknown
 from instrument.adapters.decorators import timed, timer
 from instrument.config import ConfigError, Settings
 from instrument.core.runtime import runtime as _runtime
@@ -26,6 +27,9 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+if _warn_unknown not in _runtime.on_configure:
+    _runtime.on_configure.append(_warn_unknown)
 
 
 def configure(*, environ: Mapping[str, str] | None = None, **options: Any) -> Settings:

@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-traffic", action="store_true",
                       help="serve the instrumented apps for exploring by hand until Ctrl-C")
     dash = sub.add_parser("dashboard", help="serve the dashboard and REST API over the SQLite"
-                          " files (needs INSTRUMENT_DASHBOARD_TOKEN or --public)")
+                          " files; prints a sign-in link (INSTRUMENT_DASHBOARD_TOKEN keeps"
+                          " the token stable)")
     dash.add_argument("--db", default=None, help="metrics file or postgresql:// URL (default:"
                       " INSTRUMENT_STORAGE if a URL, else INSTRUMENT_METRICS_DB)")
     dash.add_argument("--alerts-db", default=None,
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from instrument._envcheck import warn_unknown
+
+    warn_unknown()  # with no handler configured yet, logging's last resort prints it to stderr
     if args.command == "demo":
         from instrument.demo.run import DemoOptions, run_demo
 

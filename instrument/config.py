@@ -155,9 +155,14 @@ VARIABLES: tuple[Variable, ...] = (
              "Accept, create and return `X-Request-ID` and put it on log lines; `false` skips it."),
     Variable("dashboard_token", "INSTRUMENT_DASHBOARD_TOKEN", _str, None,
              "Secret that opens `/monitoring` and `/api/v1/monitoring/` (bearer token or the"
-             " login form); without it or `INSTRUMENT_DASHBOARD_PUBLIC` they answer 404."),
+             " login form); without it or `INSTRUMENT_DASHBOARD_PUBLIC` they answer 404 (but"
+             " for the status-only health check); `instrument dashboard` mints one a run."),
     Variable("dashboard_public", "INSTRUMENT_DASHBOARD_PUBLIC", _bool, False,
              "`true` serves the dashboard to anyone who can reach the app, without a token."),
+    Variable("health_public", "INSTRUMENT_HEALTH_PUBLIC", _bool, True,
+             "`GET /api/v1/monitoring/health` answers `{\"status\": ...}` (200, or 503 when"
+             " failing) to anyone, for load balancers and probes; the reasons need the token."
+             " `false` closes it."),
 )
 
 VARIABLES += (
@@ -220,6 +225,7 @@ class Settings:
     request_id: bool = True
     dashboard_token: str | None = field(default=None, repr=False)
     dashboard_public: bool = False
+    health_public: bool = True
     storage: str | None = field(default=None, repr=False)  # the URL may hold a password
     instance: str | None = None
     prometheus: bool = False

@@ -65,7 +65,7 @@ def test_flask_app_serves_dashboard_without_recording_it(monkeypatch: pytest.Mon
 
 def test_without_token_the_app_keeps_its_paths_and_the_log_says_how(
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Off by default: the app's own /monitoring answers, the API is the app's 404, one log line."""
+    """Off by default: the app's own /monitoring answers, health says its status, one log line."""
     caplog.set_level(logging.INFO, logger="instrument")
     monkeypatch.setattr(instrument.dashboard, "_said_off", set())  # said once per process
     app = flask_app()
@@ -73,12 +73,25 @@ def test_without_token_the_app_keeps_its_paths_and_the_log_says_how(
     with werkzeug_server(app) as url:
         assert requests.get(url + "/monitoring", headers=AUTH, timeout=10).text == \
             "the app's own page"
-        assert requests.get(url + "/api/v1/monitoring/health", headers=AUTH,
-                            timeout=10).status_code == 404
+        health = requests.get(url + "/api/v1/monitoring/health", headers=AUTH, timeout=10)
+        assert health.status_code == 200 and health.json() == {"status": "ok"}  # no details
+        assert requests.get(url + "/api/v1/monitoring/routes", headers=AUTH,
+                            timeout=10).status_code == 404  # the app's 404
     lines = [r.getMessage() for r in caplog.records if "dashboard" in r.getMessage()]
-    assert any("INSTRUMENT_DASHBOARD_TOKEN" in line and "INSTRUMENT_DASHBOARD_PUBLIC=true" in line
-               for line in lines)
+    assert len(lines) == 1, lines
+    assert "INSTRUMENT_DASHBOARD_TOKEN" in lines[0] and "INSTRUMENT_DASHBOARD_PUBLIC=true" in \
+        lines[0] and "INSTRUMENT_HEALTH_PUBLIC=false" in lines[0]
     assert TOKEN not in caplog.text
+
+
+def test_health_public_false_leaves_every_path_to_the_app(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """INSTRUMENT_HEALTH_PUBLIC=false and no token: the kit answers nothing at all."""
+    monkeypatch.setenv("INSTRUMENT_HEALTH_PUBLIC", "false")
+    app = flask_app()
+    app.wsgi_app = InstrumentMiddleware(app.wsgi_app)  # type: ignore[method-assign]
+    with werkzeug_server(app) as url:
+        assert requests.get(url + "/api/v1/monitoring/health", timeout=10).status_code == 404
 
 
 def test_starlette_app_serves_dashboard_in_public_mode(monkeypatch: pytest.MonkeyPatch,

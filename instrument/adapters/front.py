@@ -41,12 +41,12 @@ def front(app: Any, settings: Any, exclude_paths: Iterable[str] | None, *,
 
         bypass = (MetricsASGI if asgi else MetricsWSGI)(app, settings.metrics_path)
         paths.append(settings.metrics_path)
-    from instrument.dashboard import PATHS, mounted
+    from instrument.dashboard import mounted, mounted_paths
 
-    dashboard = mounted(settings, bypass, asgi=asgi)  # None until a token or public access
+    dashboard = mounted(settings, bypass, asgi=asgi)  # health only until a token or public
     if dashboard is not None:
         bypass = dashboard
-        paths.extend(PATHS)
+        paths.extend(mounted_paths(settings))
     excludes = Excludes(paths)
     if not excludes:
         return bypass, None

@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from instrument.config import Settings
@@ -40,6 +40,9 @@ class Runtime:
         self._lock = threading.RLock()
         self._hooks_installed = False
         self.pid = os.getpid()
+        #: Called with the environment after each configure that read valid settings
+        #: (the faces add the unknown-variable warning here: it needs tables above core).
+        self.on_configure: list[Callable[[Mapping[str, str] | None], Any]] = []
 
     # -- start / configure ----------------------------------------------
     def ensure_started(self) -> Settings:
@@ -53,6 +56,11 @@ class Runtime:
 
     def configure(self, environ: Mapping[str, str] | None = None, **options: Any) -> Settings:
         settings = Settings.from_env(environ, **options)
+        for hook in self.on_configure:
+            try:
+                hook(environ)
+            except Exception:  # a warning must never stop start-up
+                log.debug("instrument: a configure hook failed", exc_info=True)
         with self._lock:
             self._stop_flusher()
             self.settings = settings

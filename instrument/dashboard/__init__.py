@@ -25,11 +25,13 @@ from typing import TYPE_CHECKING, Any
 from instrument.config import ConfigError, Settings
 from instrument.dashboard._paths import (
     API_PREFIX,
+    HEALTH,
     OFF_MESSAGE,
     PAGE,
     PATHS,
     PREFIXES,
     is_dashboard_path,
+    is_health_path,
 )
 
 if TYPE_CHECKING:
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "API_PREFIX",
+    "HEALTH",
     "PAGE",
     "PATHS",
     "PREFIXES",
@@ -49,6 +52,7 @@ __all__ = [
     "for_settings",
     "is_dashboard_path",
     "mounted",
+    "mounted_paths",
     "wsgi_app",
 ]
 
@@ -89,14 +93,15 @@ def for_settings(settings: Settings, *, environ: Mapping[str, str] | None = None
     alerts_db = alerts_db_path(environ)
     store = settings.storage or settings.metrics_db
     key = (store, alerts_db, settings.dashboard_token, settings.dashboard_public,
-           in_process, os.getpid())
+           settings.health_public, in_process, os.getpid())
     with _shared_lock:
         dashboard = _shared.get(key)
         if dashboard is None:
             dashboard = _shared[key] = Dashboard(
                 store, alerts_db=alerts_db, token=settings.dashboard_token,
                 public=settings.dashboard_public, in_process=in_process,
-                collection_interval=settings.collection_interval)
+                collection_interval=settings.collection_interval,
+                health_public=settings.health_public)
             dashboard.log_status()
         return dashboard
 
@@ -104,13 +109,15 @@ def for_settings(settings: Settings, *, environ: Mapping[str, str] | None = None
 def mounted(settings: Settings, app: Any, *, asgi: bool = False) -> Any:
     """``app`` fronted by the dashboard (its paths answered, the rest passed on), or None.
 
-    The middlewares send :data:`PATHS` to the result instead of recording them,
-    through the same skip-list as ``INSTRUMENT_EXCLUDE_PATHS``, so other
-    requests pay nothing extra. Until a token or public access is configured
-    nothing is mounted: the app answers those paths itself (normally a 404), so
-    an app with its own ``/monitoring`` keeps it, and the log says how to enable.
+    The middlewares send :func:`mounted_paths` to the result instead of recording
+    them, through the same skip-list as ``INSTRUMENT_EXCLUDE_PATHS``, so other
+    requests pay nothing extra. Until a token or public access is configured only
+    the status-only health check is mounted (unless ``INSTRUMENT_HEALTH_PUBLIC=false``,
+    then nothing): the app answers the other paths itself (normally a 404), so an app
+    with its own ``/monitoring`` keeps it, and the log says how to enable the rest.
     """
-    if not (settings.dashboard_token or settings.dashboard_public):
+    paths = mounted_paths(settings)
+    if not paths:
         if os.getpid() not in _said_off:
             _said_off.add(os.getpid())
             logging.getLogger("instrument").info(OFF_MESSAGE, PAGE)
@@ -118,7 +125,16 @@ def mounted(settings: Settings, app: Any, *, asgi: bool = False) -> Any:
     from instrument.dashboard._glue import ASGIDashboard, WSGIDashboard
 
     dashboard = for_settings(settings)
-    return ASGIDashboard(dashboard, app) if asgi else WSGIDashboard(dashboard, app)
+    claims = is_dashboard_path if paths == PATHS else is_health_path
+    glue = ASGIDashboard if asgi else WSGIDashboard
+    return glue(dashboard, app, claims=claims)
+
+
+def mounted_paths(settings: Settings) -> tuple[str, ...]:
+    """The paths :func:`mounted` answers for these settings (exact, or prefixes ending ``*``)."""
+    if settings.dashboard_token or settings.dashboard_public:
+        return PATHS
+    return (HEALTH,) if settings.health_public else ()
 
 
 def _build(dashboard: Dashboard | None, options: dict[str, Any]) -> Dashboard:
@@ -131,6 +147,7 @@ def _build(dashboard: Dashboard | None, options: dict[str, Any]) -> Dashboard:
         options.setdefault("metrics_db", settings.storage or settings.metrics_db)
         options.setdefault("token", settings.dashboard_token)
         options.setdefault("public", settings.dashboard_public)
+        options.setdefault("health_public", settings.health_public)
         options.setdefault("alerts_db", alerts_db_path())
         return Dashboard(options.pop("metrics_db"), **options)
     return for_settings(Settings.from_env(), in_process=False)

@@ -18,7 +18,7 @@ from importlib import resources
 from urllib.parse import parse_qs
 
 from instrument.dashboard._http import BadRequest, Request, Response, json_response, problem
-from instrument.dashboard._paths import API_PREFIX, OFF_MESSAGE, PAGE
+from instrument.dashboard._paths import API_PREFIX, HEALTH, OFF_MESSAGE, PAGE
 from instrument.dashboard.api import MonitoringAPI
 from instrument.dashboard.auth import Auth, same_origin
 
@@ -56,8 +56,9 @@ class Dashboard:
 
     def __init__(self, metrics_db: str, *, alerts_db: str | None = None,
                  token: str | None = None, public: bool = False, in_process: bool = False,
-                 collection_interval: float = 30.0) -> None:
+                 collection_interval: float = 30.0, health_public: bool = True) -> None:
         self.auth = Auth(token=token or None, public=public)
+        self.health_public = health_public
         self.api = MonitoringAPI(metrics_db, alerts_db=alerts_db, in_process=in_process,
                                  collection_interval=collection_interval)
         self._index = _asset("index.html").decode("utf-8")
@@ -101,6 +102,8 @@ class Dashboard:
         path = request.path
         is_api = path == API_PREFIX or path.startswith(API_PREFIX + "/")
         if not self.enabled:
+            if path == HEALTH and self.health_public and request.method in ("GET", "HEAD"):
+                return self._verdict(request)
             return problem(404, "Not found.") if is_api else _text(404, "Not Found")
         if is_api:
             return self._api(request, path[len(API_PREFIX) + 1:])
@@ -121,11 +124,9 @@ class Dashboard:
 
     def _api(self, request: Request, sub: str) -> Response:
         access = self.auth.check(request)
-        if not access.allowed and sub == "health" and request.method in ("GET", "HEAD"):
-            # Load balancers get the verdict and its status code; the reasons need the token.
-            full = self.api.handle(request, sub)
-            verdict = json.loads(full.body).get("status", "failing")
-            return json_response({"status": verdict}, full.status)
+        if (not access.allowed and sub == "health" and self.health_public
+                and request.method in ("GET", "HEAD")):
+            return self._verdict(request)
         if not access.allowed:
             return problem(401, "Send 'Authorization: Bearer <INSTRUMENT_DASHBOARD_TOKEN>' or"
                                 " sign in at /monitoring.", [("WWW-Authenticate", "Bearer")])
@@ -133,6 +134,12 @@ class Dashboard:
             return problem(403, "Cross-site request refused: send the X-CSRF-Token header with"
                                 " the value of the instrument_csrf cookie.")
         return self.api.handle(request, sub)
+
+    def _verdict(self, request: Request) -> Response:
+        """Health's verdict and status code alone: what load balancers need, nothing to read."""
+        full = self.api.handle(request, "health")
+        verdict = json.loads(full.body).get("status", "failing")
+        return json_response({"status": verdict}, full.status)
 
     def _page(self, request: Request) -> Response:
         if request.method not in ("GET", "HEAD"):

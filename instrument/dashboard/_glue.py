@@ -8,7 +8,7 @@ the event loop's default thread pool so the app's other requests keep flowing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from instrument.dashboard._app import Dashboard
 from instrument.dashboard._http import Request, Response, problem
@@ -28,14 +28,20 @@ def route_path(path: str, root_path: str) -> str:
 
 
 class WSGIDashboard:
-    """The dashboard as a WSGI application; other paths go to ``app`` when one is given."""
+    """The dashboard as a WSGI application; other paths go to ``app`` when one is given.
 
-    def __init__(self, dashboard: Dashboard, app: WSGIApp | None = None) -> None:
+    ``claims`` says which paths are the dashboard's (all of its paths by default; only
+    the health check while the dashboard is off, so an app's own ``/monitoring`` stays).
+    """
+
+    def __init__(self, dashboard: Dashboard, app: WSGIApp | None = None, *,
+                 claims: Callable[[str], bool] = is_dashboard_path) -> None:
         self.dashboard = dashboard
         self.app = app
+        self.claims = claims
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
-        if self.app is not None and not is_dashboard_path(environ.get("PATH_INFO", "")):
+        if self.app is not None and not self.claims(environ.get("PATH_INFO", "")):
             return self.app(environ, start_response)
         method = environ.get("REQUEST_METHOD", "GET").upper()
         headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items()
@@ -65,14 +71,19 @@ class WSGIDashboard:
 
 
 class ASGIDashboard:
-    """The dashboard as an ASGI application (HTTP only); other paths go to ``app`` if given."""
+    """The dashboard as an ASGI application (HTTP only); other paths go to ``app`` if given.
 
-    def __init__(self, dashboard: Dashboard, app: ASGIApp | None = None) -> None:
+    ``claims`` as for :class:`WSGIDashboard`.
+    """
+
+    def __init__(self, dashboard: Dashboard, app: ASGIApp | None = None, *,
+                 claims: Callable[[str], bool] = is_dashboard_path) -> None:
         self.dashboard = dashboard
         self.app = app
+        self.claims = claims
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.app is not None and (scope["type"] != "http" or not is_dashboard_path(
+        if self.app is not None and (scope["type"] != "http" or not self.claims(
                 route_path(scope["path"], scope.get("root_path", "")))):
             await self.app(scope, receive, send)
             return

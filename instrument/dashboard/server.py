@@ -84,7 +84,13 @@ def serve(dashboard: Dashboard, host: str = "127.0.0.1", port: int = 3000, *,
 
 def run(db: str | None = None, *, alerts_db: str | None = None, host: str = "127.0.0.1",
         port: int = 3000, public: bool = False) -> int:
-    """The ``instrument dashboard`` command: returns the process exit code."""
+    """The ``instrument dashboard`` command: returns the process exit code.
+
+    With neither a token nor public access configured it mints a token for this run
+    and prints a link that signs you in (as ``jupyter notebook`` does), so the command
+    that exists to show the dashboard never serves a wall of 404s.
+    """
+    import secrets
     import signal
 
     from instrument.config import ConfigError, Settings
@@ -98,15 +104,24 @@ def run(db: str | None = None, *, alerts_db: str | None = None, host: str = "127
         print(f"instrument dashboard: {exc}", file=sys.stderr)
         return 2
     metrics_db = db or settings.storage or settings.metrics_db
-    dashboard = Dashboard(metrics_db, alerts_db=alerts_db or alerts_db_path(),
-                          token=settings.dashboard_token,
-                          public=public or settings.dashboard_public,
-                          collection_interval=settings.collection_interval)
+    public = public or settings.dashboard_public
+    token = settings.dashboard_token
+    minted = not (token or public)
+    if minted:
+        token = secrets.token_urlsafe(24)
+    dashboard = Dashboard(metrics_db, alerts_db=alerts_db or alerts_db_path(), token=token,
+                          public=public, collection_interval=settings.collection_interval,
+                          health_public=settings.health_public)
     stop = threading.Event()
 
     def ready(server: DashboardServer) -> None:
         print(f"instrument dashboard: serving {server.url} over {dashboard.api.db.path}",
               flush=True)
+        if minted:
+            # stdout, not the log: the link is for the person at this terminal.
+            print(f"  sign in: {server.url}/login?token={token}\n"
+                  "  (a token minted for this run; set INSTRUMENT_DASHBOARD_TOKEN to keep one"
+                  " across runs, or pass --public to open it without one)", flush=True)
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
