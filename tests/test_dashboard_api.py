@@ -257,7 +257,10 @@ def test_repeated_parameter_and_unknown_endpoint(server: DashboardServer) -> Non
 # -- security ------------------------------------------------------------------------------
 def test_off_without_token_or_public_and_says_how_to_enable(
         data: Populated, caplog: pytest.LogCaptureFixture) -> None:
-    """With neither setting every dashboard path is a 404, and the log says how to turn it on."""
+    """With neither setting every dashboard path is a 404, and the log says how to turn it on.
+
+    Only the status-only health check answers (issue 17), and it says nothing but the verdict.
+    """
     caplog.set_level(logging.WARNING, logger="instrument")
     import threading
 
@@ -272,10 +275,12 @@ def test_off_without_token_or_public_and_says_how_to_enable(
     try:
         srv = wait_until(lambda: box and box[0], what="server")
         for path in ("/monitoring", "/monitoring/login", "/monitoring/static/app.js",
-                     API + "health", API + "metrics/summary", API + "openapi.json"):
+                     API + "metrics/summary", API + "openapi.json"):
             r = requests.get(base(srv) + path, headers=AUTH, timeout=10)
             assert r.status_code == 404, path
             assert "instrument" not in r.text
+        r = requests.get(base(srv) + API + "health", headers=AUTH, timeout=10)
+        assert r.status_code == 200 and r.json() in ({"status": "ok"}, {"status": "degraded"})
     finally:
         stop.set()
         thread.join(10)

@@ -368,8 +368,10 @@ def test_an_unreadable_store_answers_503_not_a_crash(tmp_path: Path, accept: str
     from instrument.exporters.snapshot import SQLiteSource
     from instrument.prometheus import make_registry
 
-    assert isinstance(mw._bypass, MetricsWSGI)
-    mw._bypass._registry = make_registry(SQLiteSource(str(bad / "metrics.db")))
+    metrics = mw._bypass  # the status-only health check sits in front of /metrics
+    while not isinstance(metrics, MetricsWSGI):
+        metrics = metrics.app
+    metrics._registry = make_registry(SQLiteSource(str(bad / "metrics.db")))
     with werkzeug_server(mw) as url:
         r = requests.get(f"{url}/metrics", headers={"Accept": accept}, timeout=5)
         assert r.status_code == 503 and "cannot read the metrics store" in r.text

@@ -189,12 +189,26 @@ def test_every_route_refuses_without_the_token(store: tuple[Path, Path], credent
 
 
 def test_dashboard_off_answers_404_everywhere(store: tuple[Path, Path]) -> None:
-    """With no token and public access off, every route is a 404, even with a bearer."""
+    """With no token and public access off, every route is a 404, even with a bearer.
+
+    The one exception is the status-only health check (issue 17): it answers GET with
+    the verdict and nothing else (GET and HEAD), unless health_public is off too.
+    """
     dashboard = Dashboard(str(store[0]), alerts_db=str(store[1]), token=None, public=False)
+    closed = Dashboard(str(store[0]), alerts_db=str(store[1]), token=None, public=False,
+                       health_public=False)
     try:
         for method, target in ROUTES:
             path, _, query = target.partition("?")
             for headers in ({}, bearer()):
-                assert call(dashboard, method, path, query, headers).status == 404
+                assert call(closed, method, path, query, headers).status == 404
+                answer = call(dashboard, method, path, query, headers)
+                if path == "/api/v1/monitoring/health" and method in ("GET", "HEAD"):
+                    assert answer.status == 200
+                    assert json.loads(answer.body) == {"status": "ok"}
+                else:
+                    assert answer.status == 404, (method, target)
     finally:
         dashboard.close()
+        closed.close()
+        closed.close()
