@@ -29,11 +29,13 @@ __all__ = [
     "TOKEN",
     "XSS_ROUTE",
     "Populated",
+    "assert_two_periods",
     "exact_percentile",
     "fire_alert",
     "populate",
     "raw_requests",
     "running_server",
+    "two_period_samples",
 ]
 
 TOKEN = "test-token-0123456789abcdef"
@@ -109,6 +111,72 @@ def populate(db: Path, *, recent_minutes: int = 180, seed: int = 7) -> Populated
     finally:
         backend.close()
     return Populated(db, now, recent_minutes, old)
+
+
+# Two consecutive hours of requests with exactly representable numbers (durations of 1/4 and
+# 1/8 s from whole-second starts, so every sum and mean is exact): the last hour has 30
+# requests of 250 ms (6 of them 500, 3 of them 404), the hour before 20 of 125 ms (2 of them
+# 500). Every request spends 62.5 ms to its first byte and moves 100 bytes in, 1000 out.
+CURRENT = (range(5, 35), 250.0, [500] * 6 + [404] * 3 + [200] * 21)  # (minutes ago, ms, statuses)
+PREVIOUS = (range(65, 85), 125.0, [500] * 2 + [200] * 18)
+
+
+def two_period_samples(now: float, *, previous: bool = True) -> list[tuple[Any, ...]]:
+    """The samples of the two hours before ``now`` (only the last one if not ``previous``)."""
+    offset = time.time() - time.perf_counter()  # the Aggregator maps perf_counter the same way
+    base = int(now // 60) * 60
+    samples: list[tuple[Any, ...]] = []
+    for minutes, ms, statuses in (CURRENT, PREVIOUS) if previous else (CURRENT,):
+        for ago, status in zip(minutes, statuses, strict=True):
+            t0 = float(round(base - ago * 60 + 30 - offset))  # mid-minute, a whole second
+            samples.append(("http", t0, t0 + ms / 1000.0, t0 + 0.0625, "/two", "GET", status,
+                            100, 1000, None, False))
+    return samples
+
+
+def assert_two_periods(body: dict[str, Any], *, previous: bool = True) -> None:
+    """The summary of the last hour of :func:`two_period_samples`: totals, previous, change."""
+    from instrument.core.histogram import bucket_index, percentile
+
+    def pct(ms: float, n: int, q: int) -> float | None:
+        return percentile({bucket_index(ms): n}, q)
+
+    now, before, change = body["requests"], body["previous"]["requests"], body["change"]
+    assert (now["requests"], now["errors"], now["client_errors"]) == (30, 6, 3)
+    assert (now["error_rate_percent"], now["client_error_rate_percent"]) == (20.0, 10.0)
+    assert (now["avg_ms"], now["max_ms"], now["avg_ttfb_ms"]) == (250.0, 250.0, 62.5)
+    assert (now["bytes_in"], now["bytes_out"]) == (3000, 30000)
+    assert body["previous"]["hours"] == 1
+    start = datetime.fromisoformat(body["previous"]["window_start"])
+    end = datetime.fromisoformat(body["previous"]["window_end"])
+    assert body["previous"]["window_end"] == body["window_start"]  # adjacent, no overlap
+    assert (end - start).total_seconds() == 3600
+    if not previous:
+        assert before["requests"] == 0 and before["p95_ms"] is None
+        assert before["status_codes"] == {} and body["previous"]["status_classes"] == {}
+        assert change == dict.fromkeys(change) and "requests" in change  # every change null
+        assert "status_codes" not in change
+        return
+    assert before == {
+        "requests": 20, "rate_per_minute": 20 * 60 / 3600, "errors": 2,
+        "error_rate_percent": 10.0, "client_errors": 0, "client_error_rate_percent": 0.0,
+        "avg_ms": 125.0, "p50_ms": pct(125.0, 20, 50), "p95_ms": pct(125.0, 20, 95),
+        "p99_ms": pct(125.0, 20, 99), "max_ms": 125.0, "avg_ttfb_ms": 62.5,
+        "bytes_in": 2000, "bytes_out": 20000, "status_codes": {"200": 18, "500": 2}}
+    assert body["previous"]["status_classes"] == {"2xx": 18, "5xx": 2}
+
+    def rel(key: str) -> float:
+        return (now[key] - before[key]) / before[key]
+
+    p95 = (pct(250.0, 30, 95), pct(125.0, 20, 95))
+    assert p95[0] is not None and p95[1] is not None and now["p95_ms"] == p95[0]
+    assert change == {
+        "requests": 0.5, "rate_per_minute": rel("rate_per_minute"), "errors": 2.0,
+        "error_rate_percent": 1.0, "client_errors": None, "client_error_rate_percent": None,
+        "avg_ms": 1.0, "p50_ms": rel("p50_ms"), "p95_ms": (p95[0] - p95[1]) / p95[1],
+        "p99_ms": rel("p99_ms"), "max_ms": 1.0, "avg_ttfb_ms": 0.0, "bytes_in": 0.5,
+        "bytes_out": 0.5}
+    assert change["p95_ms"] == 1.0  # 250 ms sits exactly one doubling (16 buckets) above 125
 
 
 def raw_requests(db: Path, lo: float, hi: float, *,

@@ -27,11 +27,13 @@ from tests.dashboard_fixtures import (
     TOKEN,
     XSS_ROUTE,
     Populated,
+    assert_two_periods,
     exact_percentile,
     fire_alert,
     populate,
     raw_requests,
     running_server,
+    two_period_samples,
 )
 from tests.servers import wait_until
 
@@ -95,6 +97,28 @@ def test_summary_matches_raw_rows(server: DashboardServer, data: Populated) -> N
     assert slowest["route"] == "/search"  # the 120 ms route
     assert body["failing_routes"][0]["route"] == "/boom"
     assert body["system"]["samples"] > 0
+
+
+@pytest.mark.parametrize("previous", [True, False], ids=["two-hours", "no-previous-hour"])
+def test_summary_compares_with_the_previous_period(tmp_path: Path, previous: bool) -> None:
+    """hours=1 also reports the hour before ('previous') and each total's relative change.
+
+    Two known hours are written through the kit's pipeline into a SQLite file; without
+    requests in the earlier hour every change is null.
+    """
+    from instrument.backends.sqlite import SQLiteBackend
+    from instrument.core.aggregate import Aggregator
+
+    db = tmp_path / "two.db"
+    backend = SQLiteBackend(str(db))
+    try:
+        backend.write(Aggregator().aggregate(two_period_samples(time.time(), previous=previous)))
+    finally:
+        backend.close()
+    with running_server(db) as (srv, _):
+        r = get(srv, "metrics/summary", hours=1)
+    assert r.status_code == 200, r.text
+    assert_two_periods(r.json(), previous=previous)
 
 
 def test_timeseries_matches_raw_rows(server: DashboardServer, data: Populated) -> None:

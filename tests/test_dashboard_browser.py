@@ -7,7 +7,7 @@ import re
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,28 @@ def test_page_loads_without_errors_and_charts_have_points(page: Watched,
     assert page.errors == []
 
 
+def test_tiles_show_the_change_against_the_previous_period(page: Watched,
+                                                          server: DashboardServer) -> None:
+    """With an hour of traffic before the last one, each tile says how it changed against it.
+
+    The data spans three hours, so over 6 hours there is nothing earlier to compare with.
+    """
+    sign_in(page, server, "1h")
+    summary = page.page.request.get(server.url.replace("/monitoring", "/api/v1/monitoring/"
+                                                       "metrics/summary?hours=1")).json()
+    change = summary["change"]["requests"]
+    assert summary["previous"]["requests"]["requests"] > 0 and change is not None
+    text = page.page.inner_text("[data-delta=requests]")
+    assert re.fullmatch(r"[+\-±]\d+(\.\d)? % vs previous hour", text), text
+    assert text.startswith("+" if change > 0 else "-" if change < 0 else "±")
+    assert page.page.inner_text("[data-delta=p95_ms]").endswith(" % vs previous hour")
+    assert page.page.locator(".kpi .delta *").count() == 0  # text only, no markup
+    with page.page.expect_response(lambda r: "metrics/summary" in r.url and "hours=6" in r.url):
+        page.page.select_option("#range", "6h")
+    expect(page.page.locator("[data-delta=requests]")).to_have_text("no previous data")
+    assert page.errors == []
+
+
 def test_time_range_changes_the_data(page: Watched, server: DashboardServer) -> None:
     """Switching from 15 minutes to 7 days changes the totals, the step and the routes shown."""
     sign_in(page, server, "15m")
@@ -233,3 +255,56 @@ def test_phone_width_and_screenshot(browser: Browser, server: DashboardServer) -
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 20_000
     assert w.errors == []
     wide.close()
+
+
+# Every panel of every panel grid (the totals tiles and the chart/table sections), grouped by
+# row: a row's panels plus the gaps between them must span the grid's whole content width.
+_ROWS_JS = """() => {
+  const out = [];
+  for (const grid of document.querySelectorAll("main .kpis, main section.grid")) {
+    if (!grid.getClientRects().length) continue;
+    const style = getComputedStyle(grid);
+    const box = grid.getBoundingClientRect();
+    const width = box.width - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight)
+      - parseFloat(style.borderLeftWidth) - parseFloat(style.borderRightWidth);
+    const gap = parseFloat(style.columnGap) || 0;
+    const rows = new Map();
+    for (const panel of grid.children) {
+      const r = panel.getBoundingClientRect();
+      if (!r.width || !r.height) continue;
+      const top = Math.round(r.top);
+      if (!rows.has(top)) rows.set(top, []);
+      rows.get(top).push({left: r.left, width: r.width});
+    }
+    const name = grid.id || grid.getAttribute("aria-label")
+      || grid.querySelector("h2").textContent;  // a section is named by its first panel
+    for (const [top, panels] of rows) {
+      const used = panels.reduce((sum, p) => sum + p.width, 0) + gap * (panels.length - 1);
+      out.push({grid: name, top: top, panels: panels.length, used: used, width: width});
+    }
+  }
+  return out;
+}"""
+
+
+@pytest.mark.parametrize("width", [1024, 1400, 1920])
+def test_panel_grid_rows_have_no_holes(browser: Browser, server: DashboardServer, tmp_path: Path,
+                                       width: int,
+                                       record_property: Callable[[str, object], None]) -> None:
+    """At 1024, 1400 and 1920 px every row of panels fills its grid's width: no empty cells."""
+    context = browser.new_context(viewport={"width": width, "height": 1000},
+                                  device_scale_factor=1)
+    w = Watched(context.new_page())
+    try:
+        sign_in(w, server, "1h")
+        shot = tmp_path / f"dashboard-{width}.png"
+        w.page.screenshot(path=str(shot), full_page=True)
+        record_property(f"screenshot_{width}", str(shot))  # kept in tmp_path and the report
+        print(f"screenshot: {shot}")
+        rows = w.page.evaluate(_ROWS_JS)
+        assert len({r["grid"] for r in rows}) == 4, rows  # totals, charts, routes, system
+        short = [r for r in rows if abs(r["used"] - r["width"]) > 2]
+        assert short == [], f"rows with a hole at {width} px (screenshot {shot}): {short}"
+        assert w.errors == []
+    finally:
+        context.close()

@@ -32,7 +32,13 @@ from instrument.logs import StoreHandler
 from instrument.metrics_collector import get_metrics_collector
 from instrument.storage.pg_logsearch import _DOCUMENT
 from instrument.wsgi import InstrumentMiddleware
-from tests.dashboard_fixtures import TOKEN, fire_alert, running_server
+from tests.dashboard_fixtures import (
+    TOKEN,
+    assert_two_periods,
+    fire_alert,
+    running_server,
+    two_period_samples,
+)
 from tests.pg_cluster import PgCluster, pg_cluster
 from tests.servers import wait_until, werkzeug_server
 
@@ -342,3 +348,25 @@ def test_system_series_add_up_hosts_without_mixing_their_counters(
                              params={"hours": 1, "step": 3600}, headers=AUTH, timeout=10)
         assert again.json()["series"]["readings"] == [11]
         assert again.json()["series"]["cpu_percent"] == [pytest.approx(280.0 / 11)]
+
+
+@pytest.mark.parametrize("previous", [True, False], ids=["two-hours", "no-previous-hour"])
+def test_summary_compares_with_the_previous_period_on_postgresql(pg: PgCluster,
+                                                                 previous: bool) -> None:
+    """Over PostgreSQL the summary's 'previous' hour and 'change' are SQLite's exact numbers.
+
+    The two hours are split over two hosts (one table), as a fleet writes them.
+    """
+    url = pg.new_schema()
+    samples = two_period_samples(time.time(), previous=previous)
+    for host, part in (("web-a", samples[::2]), ("web-b", samples[1::2])):
+        writer = PostgreSQLBackend(url, instance=host)
+        try:
+            writer.write(Aggregator().aggregate(part))
+        finally:
+            writer.close()
+    with running_server(url) as (srv, _):  # type: ignore[arg-type]
+        r = requests.get(srv.url[: -len("/monitoring")] + API + "metrics/summary",
+                         params={"hours": 1}, headers=AUTH, timeout=10)
+    assert r.status_code == 200, r.text
+    assert_two_periods(r.json(), previous=previous)

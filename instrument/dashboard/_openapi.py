@@ -27,14 +27,43 @@ _TO = _q("to", "Window end (default now).", _TIME)
 _STEP = _q("step", "Seconds per point, a multiple of 60 (default: up to 200 points, 10-minute"
            " multiples beyond 2 hours, whole hours beyond 12). Multiples of 600 and 3600 read"
            " the coarse tiers and are fastest. At most 1500 points.", _INT)
+_TOTAL_FIELDS = ("requests", "rate_per_minute", "errors", "error_rate_percent", "client_errors",
+                 "client_error_rate_percent", "avg_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms",
+                 "avg_ttfb_ms", "bytes_in", "bytes_out")
+_NUM_OR_NULL = {"type": ["number", "null"]}
+_TOTALS = {"type": "object", "description": "All-routes totals of the window; latencies in ms"
+           " (null when there were no requests), rates per minute, error rates in percent.",
+           "properties": {**{k: _NUM_OR_NULL for k in _TOTAL_FIELDS},
+                          "status_codes": {"type": "object",
+                                           "additionalProperties": _INT}}}
+_SUMMARY = {"type": "object", "properties": {
+    "hours": _NUM, "kind": _STR, "window_start": _STR, "generated_at": _NUM,
+    "requests": {"$ref": "#/components/schemas/Totals"},
+    "status_classes": {"type": "object", "additionalProperties": _INT},
+    "slowest_routes": {"type": "array"}, "failing_routes": {"type": "array"},
+    "system": {"type": "object"},
+    "previous": {"type": "object", "description": "The previous period of the same length,"
+                 " just before this window: the whole minutes of [window_start - hours,"
+                 " window_start). Same totals as 'requests'.", "properties": {
+                     "hours": _NUM, "window_start": _STR, "window_end": _STR,
+                     "requests": {"$ref": "#/components/schemas/Totals"},
+                     "status_classes": {"type": "object", "additionalProperties": _INT}}},
+    "change": {"type": "object", "description": "Per total of 'requests' (status_codes"
+               " excepted), the relative change against 'previous' as a fraction:"
+               " (current - previous) / previous, so 0.18 is +18 % and -0.5 half as much."
+               " null when the previous value is 0 or missing, or the current one missing.",
+               "properties": {k: _NUM_OR_NULL for k in _TOTAL_FIELDS}},
+}}
 _ERR = {"description": "Bad parameter: JSON {error, message, status}.",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
 def _get(summary: str, params: list[dict[str, Any]], ok: str,
-         extra: dict[str, Any] | None = None) -> dict[str, Any]:
+         extra: dict[str, Any] | None = None,
+         schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    body = {"schema": schema} if schema else {}
     responses: dict[str, Any] = {"200": {"description": ok,
-                                         "content": {"application/json": {}}},
+                                         "content": {"application/json": body}},
                                  "400": _ERR, "401": {"description": "Not signed in."}}
     responses.update(extra or {})
     return {"get": {"summary": summary, "parameters": params, "responses": responses}}
@@ -52,7 +81,8 @@ OPENAPI: dict[str, Any] = {
                             "cookie": {"type": "apiKey", "in": "cookie",
                                        "name": "instrument_session"}},
         "schemas": {"Error": {"type": "object", "required": ["error", "message", "status"],
-                              "properties": {"error": _STR, "message": _STR, "status": _INT}}},
+                              "properties": {"error": _STR, "message": _STR, "status": _INT}},
+                    "Totals": _TOTALS},
     },
     "security": [{"bearer": []}, {"cookie": []}],
     "paths": {
@@ -61,9 +91,11 @@ OPENAPI: dict[str, Any] = {
                         "ok or degraded", {"503": {"description": "failing"}}),
         "/metrics/summary": _get(
             "Totals, rates, error rate, p50/p95/p99 latency, status mix, slowest and most"
-            " failing routes, system averages and maxima for the last N hours.",
+            " failing routes, system averages and maxima for the last N hours; the same totals"
+            " for the N hours before ('previous') and each total's relative change against"
+            " them ('change', a fraction, null without a previous value).",
             [_HOURS, _KIND, _q("top", "Routes in each top list (1-100).", {**_INT, "default": 5})],
-            "summary"),
+            "summary", schema=_SUMMARY),
         "/metrics/timeseries": _get(
             "Request metrics per time slot, as columns: timestamps[] and series{metric: []}.",
             [_q("metric", "Comma-separated: " + ", ".join(f"{k} ({v})" for k, v in METRICS.items()),

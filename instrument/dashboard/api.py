@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from instrument.core.batch import iso_utc
 from instrument.dashboard import _health
 from instrument.dashboard import _params as p
 from instrument.dashboard._alerts import AlertsView, Conflict
@@ -59,6 +60,37 @@ def _route_stats(e: dict[str, Any]) -> dict[str, Any]:
         "bytes_in": e.get("request_bytes", 0), "bytes_out": e.get("response_bytes", 0),
         "status_codes": {str(k): v for k, v in (e.get("status_codes") or {}).items()},
     }
+
+
+def _totals(api: dict[str, Any]) -> dict[str, Any]:
+    """The all-routes totals of :func:`instrument.queries.api_stats`, in our names."""
+    totals = _route_stats({**api, "endpoint": None, "method": None})
+    for key in ("route", "method"):
+        totals.pop(key)
+    return totals
+
+
+def _status_classes(codes: dict[str, int]) -> dict[str, int]:
+    classes: dict[str, int] = {}
+    for code, n in codes.items():
+        cls = f"{code[0]}xx" if code[:1].isdigit() and code != "0" else "other"
+        classes[cls] = classes.get(cls, 0) + n
+    return classes
+
+
+def _change(now: dict[str, Any], before: dict[str, Any]) -> dict[str, float | None]:
+    """Per numeric total, the relative change as a fraction: ``(now - before) / before``.
+
+    0.18 means 18 % more than the previous period, -0.5 half as much. None when the
+    previous value is 0 or missing (nothing to compare with), or the current one is missing.
+    """
+    out: dict[str, float | None] = {}
+    for key, value in now.items():
+        if key == "status_codes":
+            continue
+        old = before.get(key)
+        out[key] = (value - old) / old if old and value is not None else None
+    return out
 
 
 class MonitoringAPI:
@@ -168,22 +200,25 @@ class MonitoringAPI:
         kind = p.choice(q, "kind", KINDS, "http") or "http"
         top = p.integer(q, "top", 5, low=1, high=100) or 5
         now = self.clock()
-        s = queries.api_stats(conn, now - hours * 3600, None, kind=kind, top=top)
-        lo = int((now - hours * 3600) // 60) * 60
+        length = hours * 3600
+        s = queries.api_stats(conn, now - length, None, kind=kind, top=top)
+        lo = int((now - length) // 60) * 60  # the window is whole minutes from this one on
         system = self.system_cache.stats(conn, columns(conn, "system_metrics"), lo,
                                          (int(now // 60) + 1) * 60)
         api = s["api"]
-        totals = _route_stats({**api, "endpoint": None, "method": None})
-        for key in ("route", "method"):
-            totals.pop(key)
-        classes: dict[str, int] = {}
-        for code, n in totals["status_codes"].items():
-            cls = f"{code[0]}xx" if code[:1].isdigit() and code != "0" else "other"
-            classes[cls] = classes.get(cls, 0) + n
+        totals = _totals(api)
+        # The previous period of the same length, ending where this window starts: the
+        # minutes of [lo - length, lo) (an end is the minute holding it, so lo - 1).
+        earlier = queries.api_stats(conn, lo - length, lo - 1, kind=kind, top=1)["api"]
+        before = _totals(earlier)
         return json_response({
             "hours": hours, "kind": kind, "window_start": api.get("window_start"),
             "generated_at": now, "requests": totals,
-            "status_classes": classes,
+            "status_classes": _status_classes(totals["status_codes"]),
+            "previous": {"hours": hours, "window_start": earlier["window_start"],
+                         "window_end": iso_utc(lo), "requests": before,
+                         "status_classes": _status_classes(before["status_codes"])},
+            "change": _change(totals, before),
             "slowest_routes": [_route_stats(e) for e in s.get("slowest_endpoints", ())],
             "failing_routes": [_route_stats(e) for e in s.get("most_failing_endpoints", ())],
             "system": system,

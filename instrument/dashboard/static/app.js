@@ -7,10 +7,11 @@
   const SVG = "http://www.w3.org/2000/svg";
   const root = document.body.dataset.root || "";
   const API = root + "/api/v1/monitoring/";
-  // Range -> seconds and step (seconds per point). Whole-hour steps read the hourly tier.
+  // Range -> seconds, step (seconds per point) and the name of such a period ("vs previous
+  // hour"). Whole-hour steps read the hourly tier.
   const RANGES = {
-    "15m": [900, 60], "1h": [3600, 60], "6h": [21600, 600], "24h": [86400, 3600],
-    "7d": [604800, 3600],
+    "15m": [900, 60, "15 minutes"], "1h": [3600, 60, "hour"], "6h": [21600, 600, "6 hours"],
+    "24h": [86400, 3600, "day"], "7d": [604800, 3600, "week"],
   };
   const $ = (id) => document.getElementById(id);
   let timer = null;
@@ -50,6 +51,15 @@
     return num(v) + " ms";
   }
   function pct(v) { return v === null || v === undefined ? "–" : num(v, v < 10 ? 2 : 1) + "%"; }
+  // A relative change from the API (a fraction: 0.18 is 18 % more) as "+18 % vs previous hour";
+  // null: nothing to compare with ("no previous data" when the previous period had no requests).
+  function change(f, hasPrevious, period) {
+    if (f === null || f === undefined) return hasPrevious ? "" : "no previous data";
+    const a = Math.abs(f * 100);
+    const shown = a < 0.05 ? "0" : num(a, a >= 10 ? 0 : 1);
+    const sign = shown === "0" ? "±" : f > 0 ? "+" : "-";
+    return sign + shown + " % vs previous " + period;
+  }
   function bytes(v) {
     if (v === null || v === undefined) return "–";
     const units = ["B", "KB", "MB", "GB", "TB"];
@@ -306,7 +316,7 @@
     if (!(h.reasons || []).length) list.insertBefore(el("li", {}, "All good."), list.firstChild);
   }
 
-  function renderSummary(s) {
+  function renderSummary(s, period) {
     const r = s.requests || {};
     const fmt = {
       requests: num, rate_per_minute: num, error_rate_percent: pct, client_error_rate_percent: pct,
@@ -315,6 +325,13 @@
     for (const node of document.querySelectorAll("[data-kpi]")) {
       const key = node.dataset.kpi;
       node.textContent = (fmt[key] || num)(r[key]);
+    }
+    const before = (s.previous || {}).requests || {};
+    const deltas = s.change || {};
+    for (const node of document.querySelectorAll("[data-delta]")) {
+      const key = node.dataset.delta;
+      node.textContent = change(deltas[key], Boolean(before.requests), period);
+      node.setAttribute("title", "previous " + period + ": " + (fmt[key] || num)(before[key]));
     }
     statusMix($("status-mix"), r.status_codes);
     fillTable("routes-slow", s.slowest_routes || [], (e) => [
@@ -374,9 +391,9 @@
 
   // -- refresh ----------------------------------------------------------------------
   function window_() {
-    const [span, step] = RANGES[$("range").value] || RANGES["1h"];
+    const [span, step, period] = RANGES[$("range").value] || RANGES["1h"];
     const to = Math.floor(Date.now() / 1000);
-    return { hours: span / 3600, from: to - span, to: to, step: step };
+    return { hours: span / 3600, from: to - span, to: to, step: step, period: period };
   }
 
   async function refresh() {
@@ -393,7 +410,7 @@
         api("health"),
       ]);
       last = { series: series, system: system };
-      renderSummary(summary);
+      renderSummary(summary, w.period);
       renderCharts();
       renderAlerts(alerts);
       renderHealth(health);
