@@ -33,10 +33,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 GROUPS = {
     "wsgi": ("bare", "floor", "kit"),
     "flask": ("bare", "lists", "kit"),
+    "flask-dict": ("bare", "lists", "kit"),
+    "flask-jsonify": ("bare", "lists", "kit"),
     "asgi": ("bare", "floor", "kit"),
     "starlette": ("bare", "kit"),
     "fastapi": ("bare", "kit"),
+    "fastapi-model": ("bare", "kit"),
 }
+#: The Flask view shape each Flask group measures (benchmarks/overhead.py FLASK_SHAPES).
+FLASK_VIEWS = {"flask": "text", "flask-dict": "dict", "flask-jsonify": "jsonify"}
 
 
 def _runner(group: str, variant: str) -> Any:
@@ -45,14 +50,14 @@ def _runner(group: str, variant: str) -> Any:
     import overhead as ov
     from _common import asgi_runner, floor_asgi, floor_wsgi, wsgi_runner
 
-    if group in ("wsgi", "flask"):
+    if group == "wsgi" or group in FLASK_VIEWS:
         if group == "wsgi":
             from instrument.wsgi import InstrumentMiddleware
             app = {"bare": ov._hello, "floor": floor_wsgi(ov._hello)}.get(variant)
             return wsgi_runner(app or InstrumentMiddleware(ov._hello), "/hello")
         from instrument.adapters.flask import _response_class
         from instrument.flask import Instrument
-        flask_app = ov._flask_app()
+        flask_app = ov._flask_app(FLASK_VIEWS[group])
         if variant == "kit":
             Instrument(flask_app)
         elif variant == "lists":  # only the adapter's response class: what werkzeug saves
@@ -66,7 +71,9 @@ def _runner(group: str, variant: str) -> Any:
         app = {"bare": ov._asgi_hello, "floor": floor_asgi(ov._asgi_hello)}.get(variant)
         return asgi_runner(loop, app or Asgi(ov._asgi_hello), "/hello")
     middleware = [Middleware(Asgi)] if variant == "kit" else []
-    return asgi_runner(loop, ov._starlette_app(group == "fastapi", *middleware), "/items/42")
+    app = ov._starlette_app(group.startswith("fastapi"), *middleware,
+                            model=group == "fastapi-model")
+    return asgi_runner(loop, app, "/items/42")
 
 
 def _child(group: str, variant: str, n: int) -> None:
@@ -96,12 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--child"]:
         _child(argv[1], argv[2], int(argv[3]))
         return 0
-    args = parser(__doc__.splitlines()[0]).parse_args(argv)
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--group", action="append", choices=sorted(GROUPS),
+                   help="count only this group (repeatable); default: all")
+    args = p.parse_args(argv)
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind; make bench does it)")
         return 1
     n, delta = (200, 400) if args.quick else (500, 2000)
-    groups = {"wsgi": GROUPS["wsgi"]} if args.quick else GROUPS
+    chosen = args.group or (["wsgi"] if args.quick else list(GROUPS))
+    groups = {g: GROUPS[g] for g in chosen}
     results: dict[str, dict[str, float]] = {}
     rows: list[list[Any]] = []
     for group, variants in groups.items():
