@@ -114,6 +114,50 @@ def _label(raw: str) -> str:
     return value
 
 
+def _otlp_endpoint(raw: str) -> str:
+    from urllib.parse import urlsplit
+
+    value = raw.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("Expected an http:// or https:// URL, such as"
+                         " 'http://127.0.0.1:4318/v1/metrics'.")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ValueError("The URL's port is not a number from 0 to 65535.") from None
+    if parts.path in ("", "/"):  # a base URL, as OTEL_EXPORTER_OTLP_ENDPOINT takes
+        value = value.rstrip("/") + "/v1/metrics"
+    return value
+
+
+def _otlp_headers(raw: str) -> tuple[tuple[str, str], ...]:
+    """``key=value`` pairs separated by commas, values percent-decoded (as OTEL_*_HEADERS)."""
+    from urllib.parse import unquote
+
+    pairs = []
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        key = unquote(key.strip())
+        if not sep or not key or any(c in key for c in " \t\r\n:"):
+            raise ValueError("Expected comma-separated key=value pairs, such as"
+                             " 'api-key=...,tenant=...'.")
+        value = unquote(value.strip())
+        if any(c in value for c in "\r\n"):
+            raise ValueError("A header value may not hold a line break.")
+        pairs.append((key, value))
+    return tuple(pairs)
+
+
+def _temporality(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("cumulative", "delta"):
+        raise ValueError("Expected 'cumulative' or 'delta'.")
+    return value
+
+
 @dataclass(frozen=True)
 class Variable:
     """One environment variable: its field, names, parser, default and meaning."""
@@ -179,9 +223,28 @@ VARIABLES += (
              "Path the adapters serve the Prometheus exposition on (never recorded itself)."),
 )
 
+VARIABLES += (
+    Variable("otlp_endpoint", "INSTRUMENT_OTLP_ENDPOINT", _otlp_endpoint, None,
+             "OTLP/HTTP metrics receiver (a Collector), such as"
+             " `http://127.0.0.1:4318/v1/metrics` (a URL without a path gets `/v1/metrics`);"
+             " set, it turns on the OTLP exporter beside the store"
+             ' (`pip install "instrument-kit[otlp]"`).'),
+    Variable("otlp_headers", "INSTRUMENT_OTLP_HEADERS", _otlp_headers, (),
+             "Headers sent with each OTLP export, `key=value` pairs separated by commas"
+             " (percent-encoded, as OTEL_EXPORTER_OTLP_HEADERS); never logged or shown."),
+    Variable("otlp_interval", "INSTRUMENT_OTLP_INTERVAL", _positive_float, 10.0,
+             "Seconds between OTLP exports; the batches flushed meanwhile are added up."),
+    Variable("otlp_temporality", "INSTRUMENT_OTLP_TEMPORALITY", _temporality, "cumulative",
+             "`cumulative` (running totals since each series began) or `delta` (what"
+             " changed since the previous export) for OTLP sums and histograms."),
+    Variable("service_name", "INSTRUMENT_SERVICE_NAME", _label, None,
+             "The `service.name` resource attribute of OTLP exports (default:"
+             " `unknown_service:python`, as OpenTelemetry names a service left unnamed)."),
+)
+
 _BY_FIELD = {v.field: v for v in VARIABLES}
 #: Fields whose values never appear in an error message (a storage URL may hold a password).
-_SECRETS = frozenset({"dashboard_token", "storage"})
+_SECRETS = frozenset({"dashboard_token", "storage", "otlp_headers"})
 
 
 def read_variables(variables: tuple[Variable, ...], environ: Mapping[str, str] | None,
@@ -230,6 +293,11 @@ class Settings:
     instance: str | None = None
     prometheus: bool = False
     metrics_path: str = "/metrics"
+    otlp_endpoint: str | None = None
+    otlp_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # credentials
+    otlp_interval: float = 10.0
+    otlp_temporality: str = "cumulative"
+    service_name: str | None = None
     backends: tuple[Any, ...] | None = field(default=None, repr=False)
 
     @classmethod

@@ -45,7 +45,7 @@ def test_bad_value_names_the_variable_and_the_value(var: Variable) -> None:
         Settings.from_env({var.name: bad})
     message = str(info.value)
     assert repr(var.name) in message
-    if var.field in ("dashboard_token", "storage"):  # secrets: a URL may hold a password
+    if var.field in ("dashboard_token", "storage", "otlp_headers"):  # secrets (URL, credentials)
         assert "(hidden)" in message and (not bad.strip() or bad not in message)
     else:
         assert repr(bad) in message

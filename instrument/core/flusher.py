@@ -75,6 +75,18 @@ class _Feed:
             yield part
 
 
+def _due_at(state: BackendState) -> float | None:
+    """When the backend wants a write even with no samples (``time.monotonic()``), if ever."""
+    due_at = getattr(state.backend, "due_at", None)
+    if due_at is None:
+        return None
+    try:
+        due = due_at()
+    except Exception:  # a backend's timer must not stop the cycle
+        return None
+    return float(due) if due is not None else None
+
+
 class Flusher:
     """Daemon thread: wake on interval or high-water mark, aggregate, write, retry."""
 
@@ -186,6 +198,8 @@ class Flusher:
         for state in self.states:
             if state.pending:
                 wait = min(wait, max(0.0, state.retry_at - now))
+            elif (due := _due_at(state)) is not None:  # a backend's own export timer
+                wait = min(wait, max(0.0, due - now))
         if self._held is not None:  # held rollups go out on time, even if nothing else wakes us
             wait = min(wait, max(0.0, self._held_at + self.rollup_interval - time.perf_counter()))
         return wait
@@ -231,6 +245,7 @@ class Flusher:
             last, held = self._queue(held), None
         self._held = held
         self.in_flight.attach(last, self.states, self.origin())  # even when no samples came
+        self._tick(self.states)
         for state in self.states:
             self._deliver(state, force_retry)
         if moved:
@@ -243,6 +258,19 @@ class Flusher:
                 if ticket > self._flush_done:
                     self._flush_done = ticket
                 self._cond.notify_all()
+
+    def _tick(self, states: Sequence[BackendState]) -> None:
+        """An empty batch for each idle backend whose own timer is due (``due_at``).
+
+        A backend that sends on an interval of its own (the OTLP exporter) adds up
+        batches and exports when one arrives after its time; this gives it one on time
+        when none comes, through the same retries, backoff and health as any write.
+        """
+        now = time.monotonic()
+        for state in states:
+            due = _due_at(state)
+            if due is not None and due <= now and not state.pending:
+                state.pending.append(Batch(origin=self.origin()))
 
     def origin(self) -> Origin:
         """What the backends are told of this process with each batch (see Batch.origin)."""

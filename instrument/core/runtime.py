@@ -82,6 +82,13 @@ class Runtime:
 
                 self.backends = [SQLiteBackend(settings.metrics_db,
                                                retention_days=settings.retention_days)]
+            if settings.otlp_endpoint is not None:  # an exporter beside the store
+                from instrument.storage.otlp import OTLPBackend
+
+                self.backends.append(OTLPBackend(
+                    settings.otlp_endpoint, headers=settings.otlp_headers,
+                    interval=settings.otlp_interval, temporality=settings.otlp_temporality,
+                    service_name=settings.service_name))
             self._start_flusher()
             self.recorder.enabled = True
             self.state = ON
