@@ -86,7 +86,7 @@ def alerts_db_path(environ: Mapping[str, str] | None = None) -> str:
 
 
 def for_settings(settings: Settings, *, environ: Mapping[str, str] | None = None,
-                 in_process: bool = True) -> Dashboard:
+                 in_process: bool = True, announce: bool = True) -> Dashboard:
     """The process's dashboard for these settings, built once and shared by every adapter."""
     from instrument.dashboard._app import Dashboard
 
@@ -102,7 +102,8 @@ def for_settings(settings: Settings, *, environ: Mapping[str, str] | None = None
                 public=settings.dashboard_public, in_process=in_process,
                 collection_interval=settings.collection_interval,
                 health_public=settings.health_public)
-            dashboard.log_status()
+            if announce:
+                dashboard.log_status()
         return dashboard
 
 
@@ -124,10 +125,14 @@ def mounted(settings: Settings, app: Any, *, asgi: bool = False) -> Any:
         return None
     from instrument.dashboard._glue import ASGIDashboard, WSGIDashboard
 
-    dashboard = for_settings(settings)
-    claims = is_dashboard_path if paths == PATHS else is_health_path
     glue = ASGIDashboard if asgi else WSGIDashboard
-    return glue(dashboard, app, claims=claims)
+    if paths == PATHS:
+        return glue(for_settings(settings), app, claims=is_dashboard_path)
+    # Health only: said now how to turn the rest on; built when a health check first comes.
+    if os.getpid() not in _said_off:
+        _said_off.add(os.getpid())
+        logging.getLogger("instrument").info(OFF_MESSAGE, PAGE)
+    return glue(lambda: for_settings(settings, announce=False), app, claims=is_health_path)
 
 
 def mounted_paths(settings: Settings) -> tuple[str, ...]:

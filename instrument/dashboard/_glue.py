@@ -9,15 +9,47 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
-from instrument.dashboard._app import Dashboard
 from instrument.dashboard._http import Request, Response, problem
 from instrument.dashboard._paths import is_dashboard_path
 from instrument.types import ASGIApp, Receive, Scope, Send, StartResponse, WSGIApp, WSGIEnviron
 
+if TYPE_CHECKING:  # imported when first built: an app serving only health need not load it
+    from instrument.dashboard._app import Dashboard
+
 __all__ = ["MAX_BODY", "ASGIDashboard", "WSGIDashboard", "route_path"]
 
 MAX_BODY = 64 * 1024
+
+
+class _Lazy:
+    """The dashboard, or what builds it on the first request that reaches it.
+
+    Every instrumented app answers the status-only health check by default (issue 17),
+    but most never see one: building the dashboard (its API, stores, OpenAPI document)
+    up front cost each of them about 4 MB of memory. A factory defers that to the first
+    health request; building twice under concurrent first requests is harmless, since
+    the factory hands out one shared dashboard per settings.
+    """
+
+    __slots__ = ("_built", "_factory")
+
+    def __init__(self, dashboard: Dashboard | Callable[[], Dashboard]) -> None:
+        self._built: Dashboard | None = None
+        self._factory: Callable[[], Dashboard] | None = None
+        if callable(dashboard) and not hasattr(dashboard, "enabled"):
+            self._factory = dashboard
+        else:
+            self._built = dashboard  # type: ignore[assignment]
+
+    @property
+    def dashboard(self) -> Dashboard:
+        built = self._built
+        if built is None:
+            assert self._factory is not None
+            built = self._built = self._factory()
+        return built
 
 
 def route_path(path: str, root_path: str) -> str:
@@ -27,16 +59,19 @@ def route_path(path: str, root_path: str) -> str:
     return path
 
 
-class WSGIDashboard:
+class WSGIDashboard(_Lazy):
     """The dashboard as a WSGI application; other paths go to ``app`` when one is given.
 
     ``claims`` says which paths are the dashboard's (all of its paths by default; only
     the health check while the dashboard is off, so an app's own ``/monitoring`` stays).
     """
 
-    def __init__(self, dashboard: Dashboard, app: WSGIApp | None = None, *,
+    __slots__ = ("app", "claims")
+
+    def __init__(self, dashboard: Dashboard | Callable[[], Dashboard],
+                 app: WSGIApp | None = None, *,
                  claims: Callable[[str], bool] = is_dashboard_path) -> None:
-        self.dashboard = dashboard
+        super().__init__(dashboard)
         self.app = app
         self.claims = claims
 
@@ -70,15 +105,18 @@ class WSGIDashboard:
         return [] if method == "HEAD" else [response.body]
 
 
-class ASGIDashboard:
+class ASGIDashboard(_Lazy):
     """The dashboard as an ASGI application (HTTP only); other paths go to ``app`` if given.
 
     ``claims`` as for :class:`WSGIDashboard`.
     """
 
-    def __init__(self, dashboard: Dashboard, app: ASGIApp | None = None, *,
+    __slots__ = ("app", "claims")
+
+    def __init__(self, dashboard: Dashboard | Callable[[], Dashboard],
+                 app: ASGIApp | None = None, *,
                  claims: Callable[[str], bool] = is_dashboard_path) -> None:
-        self.dashboard = dashboard
+        super().__init__(dashboard)
         self.app = app
         self.claims = claims
 
@@ -93,7 +131,8 @@ class ASGIDashboard:
                 if message["type"] == "lifespan.startup":
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
-                    self.dashboard.close()
+                    if self._built is not None:  # never built: nothing to close
+                        self._built.close()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         if scope["type"] != "http":
