@@ -25,6 +25,7 @@ from instrument.alerting.schema import SCHEMA
 from instrument.alerting.state import Alert, AlertStatus, RuleState
 from instrument.core.batch import iso_utc
 from instrument.core.forkguard import sqlite_section
+from instrument.storage.sqlite import unopenable
 
 __all__ = ["AlertStore", "Outgoing"]
 
@@ -70,10 +71,15 @@ class AlertStore:
     def __init__(self, path: str, *, timeout: float = 5.0) -> None:
         self.path = path
         self.timeout = timeout
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._lock = threading.Lock()
-        with sqlite_section():
-            self._conn = self._open()
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with sqlite_section():
+                self._conn = self._open()
+        except (OSError, sqlite3.OperationalError) as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise  # another writer, not the path: the caller's retry applies
+            raise unopenable(path, exc, "INSTRUMENT_ALERTS_DB") from None
         self._pid = os.getpid()
         self._inherited: list[sqlite3.Connection] = []
         self._data_version: int | None = None

@@ -95,10 +95,12 @@ class AlertsView:
             " GROUP BY channel", ())
         problems = []
         for row in rows:
-            name, failed, retrying, _ = row.values()
+            name, failed, retrying, last_error = row.values()
             if failed or retrying:
+                # the error says what to change (a setting, a server), so it is shown too
+                why = f": {last_error}" if last_error else ""
                 problems.append(f"alert channel {name!r}: {failed or 0} notification(s) given up,"
-                                f" {retrying or 0} being retried")
+                                f" {retrying or 0} being retried{why}")
         return problems
 
     # -- acknowledging ------------------------------------------------------------------

@@ -139,6 +139,8 @@ def _close(conn: PgQueryConnection) -> None:
 
 def unavailable(exc: BaseException) -> str | None:
     """The 503 message for a PostgreSQL error that is the store's state, not a bug; else None."""
+    if type(exc).__name__ == "StoreUnreachable":  # the store's own wrapper of a failed connect
+        return "The PostgreSQL store is unreachable; try again."
     if not type(exc).__module__.startswith("psycopg"):
         return None
     import psycopg

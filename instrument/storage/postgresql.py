@@ -68,11 +68,29 @@ _LOG_COLUMNS = ("timestamp, level, levelno, logger, message, exception, extra, r
                 " method, pid, host")
 def connect(url: str, *, timeout: float = 5.0, migrate_schema: bool = True) -> Any:
     """An autocommit psycopg connection (schema migrated unless told otherwise)."""
-    conn = psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(timeout)),
-                           application_name="instrument")
+    try:
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(timeout)),
+                               application_name="instrument")
+    except psycopg.OperationalError as exc:
+        raise unreachable(url, exc) from None
     if migrate_schema:
         migrate(conn)
     return conn
+
+
+class StoreUnreachable(OSError):
+    """The PostgreSQL store cannot be reached or refuses us: said as a configuration problem."""
+
+
+def unreachable(url: str, exc: BaseException) -> StoreUnreachable:
+    """Why ``url`` cannot be used, naming the setting, with the password never shown.
+
+    psycopg's own text says which it is (refused, authentication failed, no such
+    database) and quotes only host, port, user and database; the URL is shown redacted.
+    """
+    reason = " ".join(str(exc).split()).replace(url, _redacted(url))
+    return StoreUnreachable(f"PostgreSQL store {_redacted(url)}: {reason[:300]}; check"
+                            " INSTRUMENT_STORAGE (host, port, user, password, database)")
 
 
 class PostgreSQLBackend:

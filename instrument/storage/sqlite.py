@@ -92,15 +92,31 @@ for _type, _same in _SAME:
         sqlite3.register_adapter(_type, _same)
 
 
+class StoreOpenError(OSError):
+    """A database file that cannot be opened: a configuration problem, said as one."""
+
+
+def unopenable(path: str, exc: BaseException, setting: str) -> StoreOpenError:
+    """The error for a store ``path`` that cannot be created or opened, naming its setting.
+
+    A string, not an import of the config: storage sits below it (the architecture rule).
+    """
+    return StoreOpenError(
+        f"cannot open {os.path.abspath(path)} ({type(exc).__name__}: {exc}); set {setting}"
+        " to a file this process can create and write")
+
+
 @_no_fork_inside
 def connect(path: str, *, timeout: float = 5.0, readonly: bool = False) -> sqlite3.Connection:
     """Open (and migrate) a metrics database with the pragmas every writer uses."""
-    if not readonly:
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
     uri = f"file:{os.path.abspath(path)}?mode=ro" if readonly else None
-    conn = sqlite3.connect(uri or path, timeout=timeout, isolation_level=None,
-                           check_same_thread=False, uri=readonly)
+    try:
+        if not readonly:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        conn = sqlite3.connect(uri or path, timeout=timeout, isolation_level=None,
+                               check_same_thread=False, uri=readonly)
+    except (OSError, sqlite3.OperationalError) as exc:
+        raise unopenable(path, exc, "INSTRUMENT_METRICS_DB") from None
     conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000):d}")
     if not readonly:
         # A new file gets 8 KiB pages (an existing one keeps its own): a route's tier

@@ -31,6 +31,8 @@ class AlertmanagerChannel:
     """Posts alerts to an Alertmanager (``url`` is its base, e.g. ``http://am:9093``)."""
 
     name = "alertmanager"
+    #: What its failures tell the user to check (a channel built in code may set its own).
+    setting = "INSTRUMENT_ALERTMANAGER_URL"
     kinds = frozenset({"firing", "repeat", "resolved"})
 
     def __init__(self, url: str, *, resend_interval: float = 60.0,
@@ -50,13 +52,15 @@ class AlertmanagerChannel:
 
     def send_batch(self, events: Sequence[AlertEvent]) -> None:
         now = self._clock()
-        self.http.post_json(self._url, [self._alert(e.alert, e, now) for e in events])
+        self.http.post_json(self._url, [self._alert(e.alert, e, now) for e in events],
+                            setting=self.setting)
 
     def refresh(self, alerts: Sequence[Alert]) -> None:
         """Re-post the firing alerts so Alertmanager keeps them active."""
         if alerts:
             now = self._clock()
-            self.http.post_json(self._url, [self._alert(a, None, now) for a in alerts])
+            self.http.post_json(self._url, [self._alert(a, None, now) for a in alerts],
+                                setting=self.setting)
 
     def _alert(self, alert: Alert, event: AlertEvent | None, now: float) -> dict[str, Any]:
         resolved = event is not None and not event.firing

@@ -76,23 +76,65 @@ class EmailChannel:
                     smtp.login(self.username, self._password)
                 smtp.send_message(msg)
         except ssl.SSLCertVerificationError as exc:
-            raise DeliveryError(f"SMTP certificate check failed: {exc.verify_message}",
-                                permanent=True) from None
-        except smtplib.SMTPNotSupportedError:
-            raise DeliveryError("SMTP server does not offer STARTTLS", permanent=True) from None
+            raise DeliveryError(
+                f"SMTP server {self._where} failed the certificate check"
+                f" ({exc.verify_message}); set INSTRUMENT_SMTP_CA_FILE to the CA that signed it,"
+                " or INSTRUMENT_SMTP_STARTTLS=false for a trusted local relay",
+                permanent=True) from None
+        except smtplib.SMTPNotSupportedError as exc:
+            if "AUTH" in str(exc):  # a login was configured, the server takes none
+                raise DeliveryError(
+                    f"SMTP server {self._where} takes no login; unset INSTRUMENT_SMTP_USERNAME"
+                    " and INSTRUMENT_SMTP_PASSWORD, or point INSTRUMENT_SMTP_SERVER at one"
+                    " that does", permanent=True) from None
+            raise DeliveryError(
+                f"SMTP server {self._where} offers no STARTTLS; set"
+                " INSTRUMENT_SMTP_STARTTLS=false for a trusted local relay",
+                permanent=True) from None
+        except smtplib.SMTPAuthenticationError as exc:
+            raise DeliveryError(
+                f"SMTP server {self._where} refused the login ({exc.smtp_code}); check"
+                " INSTRUMENT_SMTP_USERNAME and INSTRUMENT_SMTP_PASSWORD",
+                permanent=exc.smtp_code >= 500) from None
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
-            raise DeliveryError(f"SMTP recipients refused: {codes}",
-                                permanent=all(c >= 500 for c in codes)) from None
+            raise DeliveryError(
+                f"SMTP server {self._where} refused every recipient {codes}; check"
+                " INSTRUMENT_ALERT_TO_EMAILS", permanent=all(c >= 500 for c in codes)) from None
+        except smtplib.SMTPSenderRefused as exc:
+            raise DeliveryError(
+                f"SMTP server {self._where} refused the sender {self.from_email!r}"
+                f" ({exc.smtp_code}); set INSTRUMENT_ALERT_FROM_EMAIL to an address it accepts",
+                permanent=exc.smtp_code >= 500) from None
         except smtplib.SMTPResponseException as exc:
             text = exc.smtp_error.decode(errors="replace") if isinstance(
                 exc.smtp_error, bytes) else str(exc.smtp_error)
-            raise DeliveryError(f"SMTP {exc.smtp_code}: {text[:200]}",
-                                permanent=exc.smtp_code >= 500) from None
-        except TimeoutError:
-            raise DeliveryError(f"SMTP timeout after {self.timeout:g}s") from None
+            hint = ("; it wants a login: set INSTRUMENT_SMTP_USERNAME and"
+                    " INSTRUMENT_SMTP_PASSWORD" if exc.smtp_code == 530 else "")
+            raise DeliveryError(f"SMTP server {self._where} answered {exc.smtp_code}:"
+                                f" {text[:200]}{hint}", permanent=exc.smtp_code >= 500) from None
+        except (TimeoutError, smtplib.SMTPServerDisconnected) as exc:
+            if not isinstance(exc, TimeoutError) and "timed out" not in str(exc):
+                raise DeliveryError(f"SMTP server {self._where} closed the connection:"
+                                    f" {exc}"[:300]) from None
+            # smtplib turns a read timeout into "Connection unexpectedly closed: timed out"
+            raise DeliveryError(
+                f"SMTP server {self._where} timed out (no answer within {self.timeout:g} s);"
+                " check INSTRUMENT_SMTP_SERVER and INSTRUMENT_SMTP_PORT, or raise"
+                " INSTRUMENT_ALERT_HTTP_TIMEOUT") from None
+        except (ConnectionRefusedError, socket.gaierror) as exc:
+            why = ("refused the connection (ConnectionRefusedError)"
+                   if isinstance(exc, ConnectionRefusedError)
+                   else "is not a host name this machine can resolve")
+            raise DeliveryError(f"SMTP server {self._where} {why}; check"
+                                " INSTRUMENT_SMTP_SERVER and INSTRUMENT_SMTP_PORT") from None
         except (OSError, smtplib.SMTPException) as exc:  # these never carry the password
-            raise DeliveryError(f"SMTP error: {type(exc).__name__}: {exc}"[:300]) from None
+            raise DeliveryError(f"SMTP error from {self._where}: {type(exc).__name__}:"
+                                f" {exc}"[:300]) from None
+
+    @property
+    def _where(self) -> str:
+        return f"{self.smtp_server}:{self.smtp_port}"
 
     def _message(self, events: Sequence[AlertEvent]) -> EmailMessage:
         msg = EmailMessage()

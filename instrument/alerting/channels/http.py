@@ -88,10 +88,16 @@ class HTTPClient:
     def close(self) -> None:
         self.session.close()
 
-    def post_json(self, url: str, payload: Any,
-                  headers: Mapping[str, str] | None = None) -> requests.Response:
-        """POST ``payload``; return the 2xx response or raise :class:`DeliveryError`."""
+    def post_json(self, url: str, payload: Any, headers: Mapping[str, str] | None = None, *,
+                  setting: str | None = None) -> requests.Response:
+        """POST ``payload``; return the 2xx response or raise :class:`DeliveryError`.
+
+        ``setting`` names what the user configured the receiver with (such as
+        ``INSTRUMENT_SLACK_WEBHOOK_URL``): the failures configuration can cause (a 4xx,
+        no connection, a certificate, a timeout) say which setting to look at.
+        """
         where = redact_url(url)
+        check = f"; check {setting}" if setting else ""
         error = DeliveryError(f"no attempt made to {where}")
         for attempt in range(self.retries + 1):
             retry_after: float | None = None
@@ -99,10 +105,13 @@ class HTTPClient:
                 resp = self.session.post(url, json=payload, headers=dict(headers or {}),
                                          timeout=self.timeout)
             except requests.Timeout:
-                error = DeliveryError(f"timeout after {self.timeout:g}s posting to {where}")
+                error = DeliveryError(f"timeout after {self.timeout:g}s posting to {where}"
+                                      f"{check}, or raise INSTRUMENT_ALERT_HTTP_TIMEOUT")
+            except requests.exceptions.SSLError:
+                error = DeliveryError(f"TLS certificate of {where} did not verify{check}")
             except requests.RequestException as exc:
                 # str(exc) may contain the full URL, so only the exception type is kept.
-                error = DeliveryError(f"{type(exc).__name__} posting to {where}")
+                error = DeliveryError(f"{type(exc).__name__} posting to {where}{check}")
             else:
                 status = resp.status_code
                 if 200 <= status < 300:
@@ -114,7 +123,8 @@ class HTTPClient:
                     error = DeliveryError(f"HTTP {status} from {where}: {body}",
                                           retry_after=retry_after)
                 else:
-                    raise DeliveryError(f"HTTP {status} from {where}: {body}", permanent=True)
+                    raise DeliveryError(f"HTTP {status} from {where}: {body}{check}",
+                                        permanent=True)
             if attempt == self.retries:
                 break
             delay = retry_after if retry_after is not None else \

@@ -25,6 +25,8 @@ class PagerDutyChannel:
     """Sends one Events v2 event per alert event."""
 
     name = "pagerduty"
+    #: What its failures tell the user to check (a channel built in code may set its own).
+    setting = "INSTRUMENT_PAGERDUTY_ROUTING_KEY and INSTRUMENT_PAGERDUTY_URL"
     kinds = frozenset(_ACTION)
 
     def __init__(self, routing_key: str, *, url: str = EVENTS_URL, source: str | None = None,
@@ -38,7 +40,7 @@ class PagerDutyChannel:
         return f"PagerDutyChannel(url={redact_url(self.url)!r}, routing_key='***')"
 
     def send(self, event: AlertEvent) -> None:
-        self.http.post_json(self.url, self.payload(event))
+        self.http.post_json(self.url, self.payload(event), setting=self.setting)
 
     def payload(self, event: AlertEvent) -> dict[str, object]:
         a = event.alert

@@ -26,6 +26,8 @@ class SlackChannel:
     """Posts alert events to a Slack incoming webhook."""
 
     name = "slack"
+    #: What its failures tell the user to check (a channel built in code may set its own).
+    setting = "INSTRUMENT_SLACK_WEBHOOK_URL"
     kinds = DEFAULT_KINDS
 
     def __init__(self, webhook_url: str, *, http: HTTPClient | None = None,
@@ -55,7 +57,7 @@ class SlackChannel:
         if wait > 0:
             self._sleep(wait)
         try:
-            self.http.post_json(self._url, payload)
+            self.http.post_json(self._url, payload, setting=self.setting)
         except DeliveryError as exc:
             pause = exc.retry_after if exc.retry_after is not None else 0.0
             self._next_post = self._clock() + max(self.min_interval, pause)

@@ -22,6 +22,8 @@ class WebhookChannel:
     """POSTs a batch of alert events as one JSON document."""
 
     kinds = frozenset({"firing", "repeat", "resolved", "acknowledged"})
+    #: What its failures tell the user to check (a channel built in code may set its own).
+    setting = "INSTRUMENT_ALERT_WEBHOOK_URL"
 
     def __init__(self, url: str, *, headers: Mapping[str, str] | None = None,
                  http: HTTPClient | None = None, name: str = "webhook") -> None:
@@ -37,7 +39,8 @@ class WebhookChannel:
         self.send_batch([event])
 
     def send_batch(self, events: Sequence[AlertEvent]) -> None:
-        self.http.post_json(self._url, webhook_payload(events), self._headers)
+        self.http.post_json(self._url, webhook_payload(events), self._headers,
+                            setting=self.setting)
 
 
 def webhook_payload(events: Sequence[AlertEvent]) -> dict[str, Any]:
