@@ -51,6 +51,8 @@ class Recorder:
     url: str
     requests: list[Request] = field(default_factory=list)
     script: deque[tuple[int, dict[str, str], float]] = field(default_factory=deque)
+    #: The body of every answer that is not a 2xx (PagerDuty's JSON error, say).
+    error_body: bytes = b"error"
 
     def respond(self, *answers: tuple[int, dict[str, str], float]) -> None:
         """Queue answers (status, headers, delay seconds); afterwards 200 is answered."""
@@ -62,10 +64,17 @@ class Recorder:
 
 
 @contextmanager
-def http_recorder() -> Iterator[Recorder]:
-    """A threaded HTTP server on a free port that records every POSTed JSON body."""
+def http_recorder(tls: TLSFiles | None = None) -> Iterator[Recorder]:
+    """A threaded HTTP server on a free port that records every POSTed JSON body.
+
+    With ``tls`` it speaks HTTPS with that certificate (a client that does not trust
+    the test CA fails its handshake, which the server shrugs off).
+    """
     sock = listening_socket()
-    rec = Recorder(url=f"http://{HOST}:{sock.getsockname()[1]}")
+    if tls is not None:
+        sock = tls.server_context().wrap_socket(sock, server_side=True)
+    scheme = "https" if tls is not None else "http"
+    rec = Recorder(url=f"{scheme}://{HOST}:{sock.getsockname()[1]}")
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -83,7 +92,7 @@ def http_recorder() -> Iterator[Recorder]:
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)
-                payload = b'{"status": "ok"}' if status < 300 else b"error"
+                payload = b'{"status": "ok"}' if status < 300 else rec.error_body
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)

@@ -25,7 +25,7 @@ from instrument.alerting.schema import SCHEMA
 from instrument.alerting.state import Alert, AlertStatus, RuleState
 from instrument.core.batch import iso_utc
 from instrument.core.forkguard import sqlite_section
-from instrument.storage.sqlite import unopenable
+from instrument.storage.sqlite import file_trouble, unopenable
 
 __all__ = ["AlertStore", "Outgoing"]
 
@@ -76,9 +76,9 @@ class AlertStore:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             with sqlite_section():
                 self._conn = self._open()
-        except (OSError, sqlite3.OperationalError) as exc:
-            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-                raise  # another writer, not the path: the caller's retry applies
+        except (OSError, sqlite3.Error) as exc:
+            if not file_trouble(exc):
+                raise  # another writer ("locked"), not the path: the caller's retry applies
             raise unopenable(path, exc, "INSTRUMENT_ALERTS_DB") from None
         self._pid = os.getpid()
         self._inherited: list[sqlite3.Connection] = []

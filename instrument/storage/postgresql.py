@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from instrument._errors import missing_extra
 from instrument.core.batch import SYSTEM_COLUMNS, Batch, iso_utc
@@ -78,19 +80,28 @@ def connect(url: str, *, timeout: float = 5.0, migrate_schema: bool = True) -> A
     return conn
 
 
-class StoreUnreachable(OSError):
-    """The PostgreSQL store cannot be reached or refuses us: said as a configuration problem."""
+class StoreUnreachable(psycopg.OperationalError):
+    """The PostgreSQL store cannot be reached or refuses us: said as a configuration problem.
+
+    Still a psycopg OperationalError, so whoever retried or answered 503 on a failed
+    connect keeps doing so; only the words change.
+    """
 
 
 def unreachable(url: str, exc: BaseException) -> StoreUnreachable:
     """Why ``url`` cannot be used, naming the setting, with the password never shown.
 
     psycopg's own text says which it is (refused, authentication failed, no such
-    database) and quotes only host, port, user and database; the URL is shown redacted.
+    database) and quotes only host, port, user and database; the URL is shown redacted
+    and the password is cut from the text in case a server ever echoes it.
     """
     reason = " ".join(str(exc).split()).replace(url, _redacted(url))
-    return StoreUnreachable(f"PostgreSQL store {_redacted(url)}: {reason[:300]}; check"
-                            " INSTRUMENT_STORAGE (host, port, user, password, database)")
+    parts = urlsplit(url)
+    for secret in {parts.password or "", unquote(parts.password or "")} - {""}:
+        reason = reason.replace(secret, "***")
+    return StoreUnreachable(f"PostgreSQL store INSTRUMENT_STORAGE={_redacted(url)} cannot be"
+                            f" used: {reason[:300]}; check the host, port, user, password and"
+                            " database in INSTRUMENT_STORAGE")
 
 
 class PostgreSQLBackend:
@@ -243,9 +254,14 @@ def _close_quietly(conn: Any) -> None:
 
 
 def _redacted(url: str) -> str:
-    """The URL without its password, for reprs and logs."""
-    head, sep, tail = url.partition("@")
-    if not sep or ":" not in head.split("//", 1)[-1]:
-        return url
-    scheme, _, creds = head.partition("//")
-    return f"{scheme}//{creds.split(':', 1)[0]}:***@{tail}"
+    """The URL without its password (after the user, or a ``password=`` parameter)."""
+    scheme, sep, rest = url.partition("//")
+    netloc, slash, path = rest.partition("/")
+    creds, at, host = netloc.rpartition("@")  # the last @: a password may hold one
+    if at and ":" in creds:
+        netloc = f"{creds.split(':', 1)[0]}:***@{host}"
+    path = _PASSWORD_PARAM.sub(r"\1***", path)
+    return f"{scheme}{sep}{netloc}{slash}{path}"
+
+
+_PASSWORD_PARAM = re.compile(r"(?i)(password=)[^&]*")

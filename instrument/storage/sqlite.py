@@ -100,23 +100,64 @@ def unopenable(path: str, exc: BaseException, setting: str) -> StoreOpenError:
     """The error for a store ``path`` that cannot be created or opened, naming its setting.
 
     A string, not an import of the config: storage sits below it (the architecture rule).
+    The setting comes first so that a message cut short in health still names it.
     """
-    return StoreOpenError(
-        f"cannot open {os.path.abspath(path)} ({type(exc).__name__}: {exc}); set {setting}"
-        " to a file this process can create and write")
+    full, text = os.path.abspath(path), str(exc)
+    nearest = full if os.path.exists(full) else os.path.dirname(full)
+    if os.path.isdir(full):
+        why = "it is a directory"
+    elif isinstance(exc, (FileExistsError, NotADirectoryError)):
+        why = "a part of its directory is a file"
+    elif isinstance(exc, PermissionError) or "readonly" in text or (
+            "unable to open" in text and not os.access(nearest, os.W_OK)):
+        why = "permission denied"
+    elif "not a database" in text:
+        why = "the file is not an SQLite database"
+    else:
+        why = f"{type(exc).__name__}: {exc}"
+    return StoreOpenError(f"{setting} file {full} cannot be opened ({why}); set {setting}"
+                          " to a file this process can create and write")
+
+
+def file_trouble(exc: BaseException) -> bool:
+    """Whether ``exc`` is about the database file itself (where it is, what it is, who may
+    write it), which the user fixes by pointing the setting elsewhere; not "locked"."""
+    if isinstance(exc, sqlite3.Error):
+        text = str(exc)
+        return any(m in text for m in ("unable to open", "readonly", "not a database"))
+    return isinstance(exc, OSError)
 
 
 @_no_fork_inside
 def connect(path: str, *, timeout: float = 5.0, readonly: bool = False) -> sqlite3.Connection:
-    """Open (and migrate) a metrics database with the pragmas every writer uses."""
-    uri = f"file:{os.path.abspath(path)}?mode=ro" if readonly else None
+    """Open (and migrate) a metrics database with the pragmas every writer uses.
+
+    A file that cannot be created, opened or written raises :class:`StoreOpenError`
+    naming INSTRUMENT_METRICS_DB; a busy one raises sqlite3's own error, retried.
+    """
     try:
-        if not readonly:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        conn = sqlite3.connect(uri or path, timeout=timeout, isolation_level=None,
-                               check_same_thread=False, uri=readonly)
-    except (OSError, sqlite3.OperationalError) as exc:
+        return _connect(path, timeout, readonly)
+    except (OSError, sqlite3.Error) as exc:
+        if not file_trouble(exc):
+            raise
         raise unopenable(path, exc, "INSTRUMENT_METRICS_DB") from None
+
+
+def _connect(path: str, timeout: float, readonly: bool) -> sqlite3.Connection:
+    uri = f"file:{os.path.abspath(path)}?mode=ro" if readonly else None
+    if not readonly:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    conn = sqlite3.connect(uri or path, timeout=timeout, isolation_level=None,
+                           check_same_thread=False, uri=readonly)
+    try:
+        _prepare(conn, timeout, readonly)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _prepare(conn: sqlite3.Connection, timeout: float, readonly: bool) -> None:
     conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000):d}")
     if not readonly:
         # A new file gets 8 KiB pages (an existing one keeps its own): a route's tier
@@ -141,7 +182,6 @@ def connect(path: str, *, timeout: float = 5.0, readonly: bool = False) -> sqlit
         # every batch. It is at most the pages one statement touches: keep it in memory.
         # (Set after the migrations, whose GROUP BY over a large old file may need more.)
         conn.execute("PRAGMA temp_store = MEMORY")
-    return conn
 
 
 def file_id(path: str) -> tuple[int, int] | None:

@@ -102,6 +102,8 @@ class EmailChannel:
                 f"SMTP server {self._where} refused every recipient {codes}; check"
                 " INSTRUMENT_ALERT_TO_EMAILS", permanent=all(c >= 500 for c in codes)) from None
         except smtplib.SMTPSenderRefused as exc:
+            if exc.smtp_code == 530:  # MAIL FROM refused until we log in (or start TLS)
+                raise self._wants(exc) from None
             raise DeliveryError(
                 f"SMTP server {self._where} refused the sender {self.from_email!r}"
                 f" ({exc.smtp_code}); set INSTRUMENT_ALERT_FROM_EMAIL to an address it accepts",
@@ -109,10 +111,10 @@ class EmailChannel:
         except smtplib.SMTPResponseException as exc:
             text = exc.smtp_error.decode(errors="replace") if isinstance(
                 exc.smtp_error, bytes) else str(exc.smtp_error)
-            hint = ("; it wants a login: set INSTRUMENT_SMTP_USERNAME and"
-                    " INSTRUMENT_SMTP_PASSWORD" if exc.smtp_code == 530 else "")
+            if exc.smtp_code == 530:
+                raise self._wants(exc) from None
             raise DeliveryError(f"SMTP server {self._where} answered {exc.smtp_code}:"
-                                f" {text[:200]}{hint}", permanent=exc.smtp_code >= 500) from None
+                                f" {text[:200]}", permanent=exc.smtp_code >= 500) from None
         except (TimeoutError, smtplib.SMTPServerDisconnected) as exc:
             if not isinstance(exc, TimeoutError) and "timed out" not in str(exc):
                 raise DeliveryError(f"SMTP server {self._where} closed the connection:"
@@ -135,6 +137,21 @@ class EmailChannel:
     @property
     def _where(self) -> str:
         return f"{self.smtp_server}:{self.smtp_port}"
+
+    def _wants(self, exc: smtplib.SMTPResponseException) -> DeliveryError:
+        """A 530: the server wants something first; which one its text says.
+
+        smtplib raises it as SMTPSenderRefused when it answers MAIL FROM, which
+        would otherwise blame the sender address.
+        """
+        raw = exc.smtp_error
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+        if "TLS" in text.upper():
+            return DeliveryError(f"SMTP server {self._where} requires STARTTLS (530); set"
+                                 " INSTRUMENT_SMTP_STARTTLS=true", permanent=True)
+        return DeliveryError(f"SMTP server {self._where} requires a login (530); set"
+                             " INSTRUMENT_SMTP_USERNAME and INSTRUMENT_SMTP_PASSWORD",
+                             permanent=True)
 
     def _message(self, events: Sequence[AlertEvent]) -> EmailMessage:
         msg = EmailMessage()

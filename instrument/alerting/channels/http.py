@@ -16,7 +16,7 @@ import email.utils
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import requests
@@ -89,12 +89,17 @@ class HTTPClient:
         self.session.close()
 
     def post_json(self, url: str, payload: Any, headers: Mapping[str, str] | None = None, *,
-                  setting: str | None = None) -> requests.Response:
+                  setting: str | None = None, refused_setting: str | None = None,
+                  hide: Sequence[str] = ()) -> requests.Response:
         """POST ``payload``; return the 2xx response or raise :class:`DeliveryError`.
 
         ``setting`` names what the user configured the receiver with (such as
         ``INSTRUMENT_SLACK_WEBHOOK_URL``): the failures configuration can cause (a 4xx,
         no connection, a certificate, a timeout) say which setting to look at.
+        ``refused_setting`` is named instead for 400, 401 and 403, when the receiver
+        was reached but refused what it was sent (PagerDuty's routing key).
+        ``hide``: secrets in the payload, cut from a receiver's answer that echoes them.
+        A 5xx or 429 is the receiver's trouble, not configuration: retried, no hint.
         """
         where = redact_url(url)
         check = f"; check {setting}" if setting else ""
@@ -105,25 +110,34 @@ class HTTPClient:
                 resp = self.session.post(url, json=payload, headers=dict(headers or {}),
                                          timeout=self.timeout)
             except requests.Timeout:
+                slow = f"{check} or" if check else ";"
                 error = DeliveryError(f"timeout after {self.timeout:g}s posting to {where}"
-                                      f"{check}, or raise INSTRUMENT_ALERT_HTTP_TIMEOUT")
+                                      f"{slow} raise INSTRUMENT_ALERT_HTTP_TIMEOUT")
             except requests.exceptions.SSLError:
-                error = DeliveryError(f"TLS certificate of {where} did not verify{check}")
+                error = DeliveryError(
+                    f"TLS certificate of {where} did not verify{check} (the host name must"
+                    " match its certificate), or set REQUESTS_CA_BUNDLE to the CA that signed it")
             except requests.RequestException as exc:
-                # str(exc) may contain the full URL, so only the exception type is kept.
-                error = DeliveryError(f"{type(exc).__name__} posting to {where}{check}")
+                # str(exc) may contain the full URL, so only the type and a fixed phrase are kept.
+                error = DeliveryError(f"{type(exc).__name__} posting to {where}"
+                                      f"{_unreachable(exc)}{check}")
             else:
                 status = resp.status_code
                 if 200 <= status < 300:
                     return resp
                 body = resp.text[:200].replace(url, where)
+                for secret in hide:
+                    body = body.replace(secret, "***") if secret else body
                 resp.close()
                 if status == 429 or status >= 500:
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                     error = DeliveryError(f"HTTP {status} from {where}: {body}",
                                           retry_after=retry_after)
                 else:
-                    raise DeliveryError(f"HTTP {status} from {where}: {body}{check}",
+                    name = refused_setting if status in (400, 401, 403) and refused_setting \
+                        else setting
+                    hint = f"; check {name}" if name else ""
+                    raise DeliveryError(f"HTTP {status} from {where}: {body}{hint}",
                                         permanent=True)
             if attempt == self.retries:
                 break
@@ -133,3 +147,14 @@ class HTTPClient:
                 break
             self.sleep(delay)
         raise error
+
+
+def _unreachable(exc: requests.RequestException) -> str:
+    """`` (connection refused)`` or `` (host name does not resolve)``: what the user checks."""
+    text = str(exc)
+    if any(m in text for m in ("NameResolutionError", "Failed to resolve", "not known",
+                               "failure in name resolution")):
+        return " (host name does not resolve)"
+    if "Connection refused" in text or "ConnectionRefusedError" in text:
+        return " (connection refused)"
+    return ""

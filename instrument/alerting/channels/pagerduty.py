@@ -25,8 +25,11 @@ class PagerDutyChannel:
     """Sends one Events v2 event per alert event."""
 
     name = "pagerduty"
-    #: What its failures tell the user to check (a channel built in code may set its own).
-    setting = "INSTRUMENT_PAGERDUTY_ROUTING_KEY and INSTRUMENT_PAGERDUTY_URL"
+    #: What its failures tell the user to check (a channel built in code may set its own):
+    #: the URL when PagerDuty is not reached or answers 404, the key when it answers
+    #: 400/401/403 (Events v2 answers 400 to an invalid routing key).
+    setting = "INSTRUMENT_PAGERDUTY_URL"
+    refused_setting = "INSTRUMENT_PAGERDUTY_ROUTING_KEY"
     kinds = frozenset(_ACTION)
 
     def __init__(self, routing_key: str, *, url: str = EVENTS_URL, source: str | None = None,
@@ -40,7 +43,8 @@ class PagerDutyChannel:
         return f"PagerDutyChannel(url={redact_url(self.url)!r}, routing_key='***')"
 
     def send(self, event: AlertEvent) -> None:
-        self.http.post_json(self.url, self.payload(event), setting=self.setting)
+        self.http.post_json(self.url, self.payload(event), setting=self.setting,
+                            refused_setting=self.refused_setting, hide=(self._routing_key,))
 
     def payload(self, event: AlertEvent) -> dict[str, object]:
         a = event.alert
