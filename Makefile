@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 # Debian packages that tests drive for real (added as the features that need them land).
-SYSTEM_PACKAGES ?= prometheus-alertmanager chromium prometheus postgresql valgrind
+SYSTEM_PACKAGES ?= prometheus-alertmanager chromium prometheus postgresql valgrind redis-server
 
 .PHONY: demo test bench lint system-deps clean
 
@@ -37,6 +37,7 @@ bench: $(STAMP) system-deps
 	$(PY) benchmarks/dashboard.py
 	$(PY) benchmarks/scrape.py
 	$(PY) benchmarks/postgres.py
+	$(PY) benchmarks/otlp.py
 	$(PY) benchmarks/summary.py
 	$(PY) benchmarks/soak.py
 

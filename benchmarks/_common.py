@@ -87,8 +87,12 @@ def wsgi_environ(path: str) -> dict[str, Any]:
     }
 
 
-def wsgi_runner(app: Any, path: str) -> Callable[[int], float]:
+def wsgi_runner(app: Any, path: str,
+                headers: dict[str, str] | None = None) -> Callable[[int], float]:
+    """Calls of ``app`` for ``path``; ``headers`` (``{"traceparent": ...}``) are sent with each."""
     environ = wsgi_environ(path)
+    for name, value in (headers or {}).items():
+        environ["HTTP_" + name.upper().replace("-", "_")] = value
 
     def run(n: int) -> float:
         copy, sr = environ.copy, start_response
@@ -125,8 +129,11 @@ def asgi_scope(path: str) -> dict[str, Any]:
     }
 
 
-def asgi_runner(loop: asyncio.AbstractEventLoop, app: Any, path: str) -> Callable[[int], float]:
+def asgi_runner(loop: asyncio.AbstractEventLoop, app: Any, path: str,
+                headers: dict[str, str] | None = None) -> Callable[[int], float]:
+    """Calls of ``app`` for ``path``; ``headers`` (``{"traceparent": ...}``) are sent with each."""
     scope = asgi_scope(path)
+    scope["headers"] += [(n.lower().encode(), v.encode()) for n, v in (headers or {}).items()]
 
     async def many(n: int) -> float:
         copy = scope.copy

@@ -39,7 +39,15 @@ GROUPS = {
     "starlette": ("bare", "kit"),
     "fastapi": ("bare", "kit"),
     "fastapi-model": ("bare", "kit"),
+    # W3C trace context (issue 16): the kit without it, with it on a request that has no
+    # traceparent (a trace is started), and on one that carries a valid traceparent
+    "wsgi-trace": ("notrace", "kit", "incoming"),
+    "asgi-trace": ("notrace", "kit", "incoming"),
+    # Django's WSGI handler alone, with the kit's middleware first, with django-prometheus
+    "django": ("bare", "kit", "django-prometheus"),
 }
+#: The incoming header of the ``incoming`` variants.
+TRACEPARENT = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
 #: The Flask view shape each Flask group measures (benchmarks/overhead.py FLASK_SHAPES).
 FLASK_VIEWS = {"flask": "text", "flask-dict": "dict", "flask-jsonify": "jsonify"}
 
@@ -50,6 +58,17 @@ def _runner(group: str, variant: str) -> Any:
     import overhead as ov
     from _common import asgi_runner, floor_asgi, floor_wsgi, wsgi_runner
 
+    if group == "django":
+        import _django
+        return wsgi_runner(_django.handler(variant), _django.PATH)
+    if group == "wsgi-trace":
+        from instrument.wsgi import InstrumentMiddleware
+        return wsgi_runner(InstrumentMiddleware(ov._hello), "/hello",
+                           TRACEPARENT if variant == "incoming" else None)
+    if group == "asgi-trace":
+        from instrument.asgi import InstrumentMiddleware as Asgi
+        return asgi_runner(asyncio.new_event_loop(), Asgi(ov._asgi_hello), "/hello",
+                           TRACEPARENT if variant == "incoming" else None)
     if group == "wsgi" or group in FLASK_VIEWS:
         if group == "wsgi":
             from instrument.wsgi import InstrumentMiddleware
@@ -79,7 +98,7 @@ def _runner(group: str, variant: str) -> Any:
 def _child(group: str, variant: str, n: int) -> None:
     import instrument
     instrument.configure(metrics_db=os.path.join(tempfile.mkdtemp(), "m.db"),
-                         flush_interval=3600)
+                         flush_interval=3600, trace_context=variant != "notrace")
     run = _runner(group, variant)
     run(300)  # warm-up: caches, specialisation, lazily built middleware stacks
     run(n)
@@ -126,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         per = {v: (_count(group, v, n + delta) - _count(group, v, n)) / delta for v in variants}
         results[group] = per
         for v in variants:
-            rows.append([group, v, per[v], None if v == "bare" else per[v] - per["bare"]])
+            base = per.get("bare", per.get("notrace"))
+            rows.append([group, v, per[v], None if v in ("bare", "notrace") else per[v] - base])
     print_table(["group", "variant", "instructions/request", "added"], rows,
                 title="CPU instructions per request (callgrind, difference of two run lengths)")
     write_json(args.json, {"benchmark": "instructions", "quick": args.quick, "groups": results})

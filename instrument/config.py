@@ -197,6 +197,10 @@ VARIABLES: tuple[Variable, ...] = (
              "Filesystem whose usage and free space the system metrics report."),
     Variable("request_id", "INSTRUMENT_REQUEST_ID", _bool, True,
              "Accept, create and return `X-Request-ID` and put it on log lines; `false` skips it."),
+    Variable("trace_context", "INSTRUMENT_TRACE_CONTEXT", _bool, True,
+             "Continue an incoming W3C `traceparent` (or start a trace), return it with this"
+             " request's span id, send it on with `requests`, put `trace_id` and `span_id` on"
+             " JSON log lines; `false` skips it."),
     Variable("dashboard_token", "INSTRUMENT_DASHBOARD_TOKEN", _str, None,
              "Secret that opens `/monitoring` and `/api/v1/monitoring/` (bearer token or the"
              " login form); without it or `INSTRUMENT_DASHBOARD_PUBLIC` they answer 404 (but"
@@ -286,6 +290,7 @@ class Settings:
     collection_interval: float = 30.0
     disk_path: str = "/"
     request_id: bool = True
+    trace_context: bool = True
     dashboard_token: str | None = field(default=None, repr=False)
     dashboard_public: bool = False
     health_public: bool = True

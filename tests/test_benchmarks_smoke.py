@@ -149,3 +149,13 @@ def test_instruction_counts_put_the_kit_between_the_floor_and_a_ceiling(tmp_path
     # About 14.5k when written (2026-11): a request path that grows past this has regressed.
     assert added_kit < 22_000, f"the WSGI request path now costs {added_kit:.0f} instructions"
     assert "instructions/request" in stdout
+
+
+def test_otlp_export_cost_is_measured_against_a_real_receiver(tmp_path: Path) -> None:
+    """otlp.py exports both temporalities to its receiver and reports what each cost."""
+    data, stdout = _run("otlp.py", tmp_path)
+    assert [r["temporality"] for r in data["results"]] == ["cumulative", "delta"]
+    for r in data["results"]:
+        assert r["exports"] >= 2 and r["series"] > 10 and r["payload_bytes"] > 1000
+        assert _positive(r["write_us_per_sample"]) and _positive(r["export_ms_median"])
+    assert "OTLP export on the flusher thread" in stdout

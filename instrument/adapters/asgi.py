@@ -20,9 +20,14 @@ from instrument.adapters.routes import RouteResolver
 from instrument.core.buffer import KIND_HTTP
 from instrument.core.context import COUNTER, IDS, PREFIX, READERS, current, incoming_id, route_of
 from instrument.core.runtime import OFF, runtime
+from instrument.core.trace import continued_bytes, fresh, tracestate, use
 from instrument.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["InstrumentMiddleware"]
+__all__ = ["EXC_KEY", "InstrumentMiddleware"]
+
+#: scope key a framework adapter sets to the type of an exception the framework answered
+#: itself (Litestar, Falcon turn a raising handler into a 500 and do not re-raise).
+EXC_KEY = "instrument.exc"
 
 _set = current.set
 _reset = current.reset
@@ -34,6 +39,8 @@ _started = _rec.started
 _ended = _rec.ended
 _first = itemgetter(0)
 _RID_NAME = b"x-request-id"
+_TP_NAME = b"traceparent"
+_TS_NAME = b"tracestate"
 
 
 class _Anything:
@@ -51,12 +58,22 @@ class _Anything:
 # 840 instructions a request less than mapping an itemgetter over the names
 # (benchmarks/instructions.py, two request headers).
 _RID_PROBE = (_RID_NAME, _Anything())
+_TP_PROBE = (_TP_NAME, _Anything())
+
+
+def _header(headers: Any, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lowercase, as ASGI servers give names)."""
+    for k, v in headers:
+        if k == name:
+            return bytes(v)
+    return None
 
 
 class _Exchange:
     """One request: counters, the wrapped receive and send, and the request context."""
 
-    __slots__ = ("_receive", "_send", "disc", "qb", "rb", "rid", "scope", "status", "t_end", "tf")
+    __slots__ = ("_receive", "_send", "disc", "qb", "rb", "rid", "scope", "status", "t_end", "tf",
+                 "tp")
     # Annotations only (no values: slots and class attributes cannot share a name).
     _receive: Any
     _send: Any
@@ -68,6 +85,9 @@ class _Exchange:
     status: int
     t_end: float
     tf: float
+    # this request's traceparent: bytes when it came with one (and the response says so), str
+    # when it started a trace on first use, None before that, b"" with trace context off
+    tp: bytes | str | None
     # No __init__: the middleware sets the slots inline, a Python call frame costs more.
 
     async def receive(self) -> Message:
@@ -98,10 +118,17 @@ class _Exchange:
         if kind == "http.response.start":
             self.status = message["status"]
             rid = self.rid
+            tp = self.tp
             # A new list: the app may reuse its headers. Ids are ASCII (incoming ones are
             # checked), so the default codec's fast path encodes them right.
             if rid is not None:
-                message["headers"] = [*message.get("headers", ()), (_RID_NAME, rid.encode())]
+                if tp and tp.__class__ is bytes:
+                    message["headers"] = [*message.get("headers", ()), (_RID_NAME, rid.encode()),
+                                          (_TP_NAME, tp)]
+                else:
+                    message["headers"] = [*message.get("headers", ()), (_RID_NAME, rid.encode())]
+            elif tp and tp.__class__ is bytes:
+                message["headers"] = [*message.get("headers", ()), (_TP_NAME, tp)]
             self.tf = perf_counter()
             return self._send(message)
         if kind == "http.response.pathsend":
@@ -114,6 +141,26 @@ class _Exchange:
 
     def describe(self) -> tuple[str, str, str]:
         return self.rid or "", self.scope.get("method", ""), route_of(self.scope)
+
+    def traceparent(self) -> str | None:
+        """This request's own ``traceparent`` (its span); a trace is started on first use."""
+        tp = self.tp
+        if tp is None:
+            tp = self.tp = fresh()
+        elif tp.__class__ is bytes:
+            return tp.decode("ascii") or None
+        return tp  # type: ignore[return-value]
+
+    def tracestate(self) -> str | None:
+        """The caller's ``tracestate``, when this request continues the caller's trace."""
+        tp = self.tp
+        if not tp or tp.__class__ is not bytes:
+            return None
+        headers = self.scope.get("headers") or ()
+        raw = _header(headers, _TP_NAME)
+        if raw is None or raw[3:35] != tp[3:35]:
+            return None
+        return tracestate(_header(headers, _TS_NAME))
 
 
 class InstrumentMiddleware:
@@ -135,6 +182,9 @@ class InstrumentMiddleware:
         self._bypass, self._exclude = front(app, settings, exclude_paths, asgi=True)
         self._resolve = RouteResolver(app).__call__  # a bound method: cheaper to call
         self._rid = settings.request_id
+        self._tc = settings.trace_context
+        if self._tc:
+            use()  # fresh trace and span ids minted ahead from now on
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -156,12 +206,23 @@ class InstrumentMiddleware:
         ex.tf = ex.t_end = 0.0
         ex.disc = False
         tok = None
+        headers = scope["headers"]
+        # Servers send (name, value) tuples; for one sending lists, the names are scanned.
+        lists = headers and headers[0].__class__ is not tuple
+        trace_rid = None
+        if not self._tc:
+            ex.tp = b""
+        elif _TP_PROBE in headers:  # continued: the caller's trace id may be the request id
+            ex.tp, trace_rid = continued_bytes(headers[headers.index(_TP_PROBE)][1])
+        elif lists and _TP_NAME in map(_first, headers):
+            ex.tp, trace_rid = continued_bytes(_header(headers, _TP_NAME) or b"")
+        else:
+            ex.tp = None  # started only if something asks (a log line, an outgoing call)
         if self._rid:
-            headers = scope["headers"]
-            # Servers send (name, value) tuples; for one sending lists, scan the names.
-            if _RID_PROBE in headers or (headers and headers[0].__class__ is not tuple
-                                         and _RID_NAME in map(_first, headers)):
+            if _RID_PROBE in headers or (lists and _RID_NAME in map(_first, headers)):
                 ex.rid = incoming_id(next(v for k, v in headers if k == _RID_NAME))
+            elif trace_rid is not None:
+                ex.rid = trace_rid
             else:
                 try:
                     ex.rid = _next_id()
@@ -171,6 +232,8 @@ class InstrumentMiddleware:
                 tok = _set(ex)
         else:
             ex.rid = None
+            if self._tc and _readers[0]:
+                tok = _set(ex)
         t0 = perf_counter()
         next(_started)
         exc: type[BaseException] | None = None
@@ -188,7 +251,7 @@ class InstrumentMiddleware:
                 except (ValueError, RuntimeError):  # left from another context
                     _set(None)
             sample = (KIND_HTTP, t0, t1, ex.tf, self._resolve(scope, root0), scope["method"],
-                      500 if exc else ex.status, ex.qb, ex.rb, exc, ex.disc)
+                      500 if exc else ex.status, ex.qb, ex.rb, exc or scope.get(EXC_KEY), ex.disc)
             # Recorder.add, inlined: a bounded append, or an exact drop count
             n = len(_buf)
             if n < _rec.cap:

@@ -7,7 +7,9 @@ so module-level ``requests.get`` is covered too. Each call records method,
 name (host plus a route template such as ``/users/{id}`` when one is given, else
 the host alone, so ids in URLs never explode cardinality), status, duration,
 bytes sent and received, and the exception type; redirects count once, under the
-first URL. The id of the request being handled is sent on in ``X-Request-ID``.
+first URL. The id of the request being handled is sent on in ``X-Request-ID``,
+and its trace in ``traceparent`` (the same trace id, a fresh span id for the call)
+with the ``tracestate`` it came with.
 Calls made under the kit's suppress flag (alert channels, webhooks) are not
 recorded and carry no id.
 """
@@ -24,9 +26,17 @@ from urllib.parse import urlsplit
 
 from instrument._errors import missing_extra
 from instrument.core.buffer import KIND_CLIENT
-from instrument.core.context import READERS, REQUEST_ID_HEADER, current, describe
+from instrument.core.context import (
+    READERS,
+    REQUEST_ID_HEADER,
+    current,
+    describe,
+    traceparent_of,
+    tracestate_of,
+)
 from instrument.core.runtime import ON, UNSTARTED, runtime
 from instrument.core.suppress import suppressed
+from instrument.core.trace import TRACEPARENT, TRACESTATE, child_of
 
 try:
     import requests
@@ -112,6 +122,21 @@ def _response_size(response: requests.Response) -> int:
         return 0
 
 
+def _propagate(ctx: Any, headers: Any) -> None:
+    """Send the request's id and trace on, unless the caller set them itself."""
+    if REQUEST_ID_HEADER not in headers:
+        rid = describe(ctx)[0]
+        if rid:
+            headers[REQUEST_ID_HEADER] = rid
+    if TRACEPARENT not in headers:
+        tp = traceparent_of(ctx)
+        if tp:
+            headers[TRACEPARENT] = child_of(tp[3:35], tp[53:55])
+            state = tracestate_of(ctx)
+            if state and TRACESTATE not in headers:
+                headers[TRACESTATE] = state
+
+
 def _send(send: Any, request: requests.PreparedRequest, kwargs: dict[str, Any],
           templates: _Templates | None) -> requests.Response:
     if suppressed.get() or _in_call.get():
@@ -119,8 +144,8 @@ def _send(send: Any, request: requests.PreparedRequest, kwargs: dict[str, Any],
     if runtime.state == UNSTARTED:
         runtime.ensure_started()
     ctx = current.get()
-    if ctx is not None and REQUEST_ID_HEADER not in request.headers:
-        request.headers[REQUEST_ID_HEADER] = describe(ctx)[0]
+    if ctx is not None:
+        _propagate(ctx, request.headers)
     if runtime.state != ON:
         return send(request, **kwargs)
     token = _in_call.set(True)

@@ -26,6 +26,7 @@ from instrument.core.context import (
     incoming_id,
 )
 from instrument.core.runtime import OFF, runtime
+from instrument.core.trace import TRACEPARENT, continued, fresh, tracestate, use
 from instrument.types import StartResponse, WSGIApp, WSGIEnviron
 
 __all__ = ["EXC_KEY", "ROUTE_KEY", "InstrumentMiddleware"]
@@ -99,7 +100,7 @@ class _Exchange(list[bytes]):
     """
 
     __slots__ = ("_sr", "_w", "done", "env", "exc", "inp", "rb", "rid", "route", "status", "t0",
-                 "tf", "tok")
+                 "tf", "tok", "tp")
     # Annotations only (no values: slots and class attributes cannot share a name).
     _sr: Any
     _w: Any
@@ -114,13 +115,22 @@ class _Exchange(list[bytes]):
     t0: float
     tf: float
     tok: Any
+    tp: str | None  # this request's traceparent; None: not started yet; "": trace context off
 
     def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
         # Passed to the app as a bound method: calling an instance would cost more.
         self.status = status
         rid = self.rid
+        tp = self.tp
+        if tp and "HTTP_TRACEPARENT" not in self.env:
+            tp = None  # a trace this request started itself is not announced
         if rid is not None:  # a new list: the app may reuse its headers list
-            headers = [*headers, (REQUEST_ID_HEADER, rid)]
+            if tp:
+                headers = [*headers, (REQUEST_ID_HEADER, rid), (TRACEPARENT, tp)]
+            else:
+                headers = [*headers, (REQUEST_ID_HEADER, rid)]
+        elif tp:
+            headers = [*headers, (TRACEPARENT, tp)]
         self._w = self._sr(status, headers, exc_info) if exc_info else self._sr(status, headers)
         return self._counting_write  # a bound method: a closure here costs ~1.5k instructions
 
@@ -163,6 +173,21 @@ class _Exchange(list[bytes]):
         env = self.env
         return (self.rid or "", env.get("REQUEST_METHOD", ""),
                 env.get(ROUTE_KEY) or env.get("PATH_INFO", ""))
+
+    def traceparent(self) -> str | None:
+        """This request's own ``traceparent`` (its span); a trace is started on first use."""
+        tp = self.tp
+        if tp is None:
+            tp = self.tp = fresh()
+        return tp or None
+
+    def tracestate(self) -> str | None:
+        """The caller's ``tracestate``, when this request continues the caller's trace."""
+        tp = self.tp
+        raw = self.env.get("HTTP_TRACEPARENT")
+        if tp is None or raw is None or raw[3:35] != tp[3:35]:
+            return None
+        return tracestate(self.env.get("HTTP_TRACESTATE"))
 
 
 def _stream(ex: _Exchange, res: Iterable[bytes]) -> Iterator[bytes]:
@@ -223,6 +248,9 @@ class InstrumentMiddleware:
         # excluded paths (and the kit's /metrics and dashboard) are answered, never recorded
         self._bypass, self._exclude = front(app, settings, exclude_paths, asgi=False)
         self._rid = settings.request_id
+        self._tc = settings.trace_context
+        if self._tc:
+            use()  # fresh trace and span ids minted ahead from now on
         #: Route label when no framework adapter named one: None means the path
         #: (behind the flusher's cardinality guard); the Flask adapter sets "unmatched".
         self._unrouted: str | None = None
@@ -249,10 +277,20 @@ class InstrumentMiddleware:
             environ["wsgi.input"] = inp
         else:
             ex.inp = None
+        trace_rid = None
+        if not self._tc:
+            ex.tp = ""
+        elif "HTTP_TRACEPARENT" in environ:
+            # continued: the caller's trace id may serve as the request id
+            ex.tp, trace_rid = continued(environ["HTTP_TRACEPARENT"])
+        else:
+            ex.tp = None  # started only if something asks (a log line, an outgoing call)
         if self._rid:
             raw = environ.get("HTTP_X_REQUEST_ID")
             if raw:
                 ex.rid = incoming_id(raw)
+            elif trace_rid is not None:
+                ex.rid = trace_rid
             else:
                 try:
                     ex.rid = _next_id()
@@ -260,7 +298,8 @@ class InstrumentMiddleware:
                     ex.rid = PREFIX[0] + str(next(COUNTER))
             ex.tok = _set(ex) if _readers[0] else None
         else:
-            ex.rid = ex.tok = None
+            ex.rid = None
+            ex.tok = _set(ex) if self._tc and _readers[0] else None
         try:
             res = self.app(environ, ex.start_response)
         except BaseException as e:

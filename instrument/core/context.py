@@ -33,6 +33,8 @@ __all__ = [
     "new_id",
     "route_of",
     "top_up",
+    "traceparent_of",
+    "tracestate_of",
     "valid_id",
 ]
 
@@ -113,21 +115,42 @@ def incoming_id(raw: str | bytes | None) -> str:
 class Manual:
     """The context :func:`instrument.logs.request_context` gives work outside a request."""
 
-    __slots__ = ("method", "rid", "route")
+    __slots__ = ("method", "rid", "route", "state", "tp")
 
-    def __init__(self, rid: str, method: str, route: str) -> None:
+    def __init__(self, rid: str, method: str, route: str, tp: str | None = None,
+                 state: str | None = None) -> None:
         self.rid = rid
         self.method = method
         self.route = route
+        self.tp = tp
+        self.state = state
 
     def describe(self) -> tuple[str, str, str]:
         return self.rid, self.method, self.route
+
+    def traceparent(self) -> str | None:
+        return self.tp
+
+    def tracestate(self) -> str | None:
+        return self.state
 
 
 def describe(ctx: Any) -> tuple[str, str, str]:
     """``(request_id, method, route template or path)`` of a context object."""
     rid, method, route = ctx.describe()
     return rid, method or "", route or ""
+
+
+def traceparent_of(ctx: Any) -> str | None:
+    """The ``traceparent`` of a context's own span (its trace and span id), or None."""
+    get = getattr(ctx, "traceparent", None)
+    return get() if get is not None else None
+
+
+def tracestate_of(ctx: Any) -> str | None:
+    """The ``tracestate`` a context carries on from its caller, or None."""
+    get = getattr(ctx, "tracestate", None)
+    return get() if get is not None else None
 
 
 def route_of(scope: Any) -> str:
@@ -140,4 +163,8 @@ def route_of(scope: Any) -> str:
         template = getattr(obj, "path_format", None) or getattr(obj, "path", None)
         if isinstance(template, str) and template:
             return template
+    # Litestar's router leaves the template here; the Falcon adapter, under "instrument.route"
+    template = scope.get("path_template") or scope.get("instrument.route")
+    if isinstance(template, str) and template:
+        return template
     return str(scope.get("path", ""))

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
 from typing import Any
 
+from instrument.core import trace
 from instrument.core.aggregate import Aggregator
 from instrument.core.batch import Batch, Origin
 from instrument.core.buffer import SLOTS, Recorder
@@ -180,6 +181,7 @@ class Flusher:
     def _run(self) -> None:
         suppressed.set(True)
         top_up()  # request ids minted ahead, so the request path formats none
+        trace.top_up()  # and fresh traceparent values
         while not self._stopping:
             woke = self._event.wait(self._wait_time())
             self._event.clear()
@@ -187,6 +189,7 @@ class Flusher:
                 break
             try:
                 top_up()
+                trace.top_up()
                 self._cycle(loaded=woke)
             except BaseException:  # never let the thread die (even on SystemExit from a backend)
                 self.cycle_errors += 1

@@ -21,7 +21,12 @@ from collections.abc import Iterable, Mapping
 from typing import IO, Any
 
 from instrument.core.redact import DEFAULT_PATTERNS, REDACTED, Redactor
-from instrument.logs.context import ContextFilter, get_request_id, request_context
+from instrument.logs.context import (
+    ContextFilter,
+    get_request_id,
+    get_traceparent,
+    request_context,
+)
 from instrument.logs.format import ConsoleFormatter, JsonFormatter
 from instrument.logs.store import KIND_LOG, StoreHandler
 
@@ -35,6 +40,7 @@ __all__ = [
     "Redactor",
     "StoreHandler",
     "get_request_id",
+    "get_traceparent",
     "request_context",
     "setup_logging",
 ]

@@ -14,7 +14,7 @@ from json.encoder import encode_basestring as _enc
 from typing import Any
 
 from instrument.core.redact import DEFAULT_PATTERNS, Redactor
-from instrument.logs.context import BASE_LEN, RESERVED, context_of, extras_of
+from instrument.logs.context import BASE_LEN, RESERVED, context_of, extras_of, trace_of
 
 __all__ = ["ConsoleFormatter", "JsonFormatter"]
 
@@ -64,6 +64,9 @@ class JsonFormatter(logging.Formatter):
                 parts += (', "method": ', _enc(method))
             if route:
                 parts += (', "route": ', _enc(route))
+        tp = trace_of(record)
+        if tp:  # minted or checked by the kit: lowercase hex, nothing to escape
+            parts += (', "trace_id": "', tp[3:35], '", "span_id": "', tp[36:52], '"')
         out: dict[str, Any] = {}
         if record.exc_info:
             if not record.exc_text:
