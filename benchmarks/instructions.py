@@ -43,6 +43,10 @@ GROUPS = {
     # traceparent (a trace is started), and on one that carries a valid traceparent
     "wsgi-trace": ("notrace", "kit", "incoming"),
     "asgi-trace": ("notrace", "kit", "incoming"),
+    # exemplars (issue 14): off; on, once the flusher published its cuts (a request of a route
+    # then pays the compares only); and a request that is a candidate (carries its details)
+    "wsgi-exemplars": ("noexemplars", "kit", "candidate"),
+    "asgi-exemplars": ("noexemplars", "kit", "candidate"),
     # Django's WSGI handler alone, with the kit's middleware first, with django-prometheus
     "django": ("bare", "kit", "django-prometheus"),
 }
@@ -61,6 +65,12 @@ def _runner(group: str, variant: str) -> Any:
     if group == "django":
         import _django
         return wsgi_runner(_django.handler(variant), _django.PATH)
+    if group == "wsgi-exemplars":
+        from instrument.wsgi import InstrumentMiddleware
+        return wsgi_runner(InstrumentMiddleware(ov._hello), "/hello")
+    if group == "asgi-exemplars":
+        from instrument.asgi import InstrumentMiddleware as Asgi
+        return asgi_runner(asyncio.new_event_loop(), Asgi(ov._asgi_hello), "/hello")
     if group == "wsgi-trace":
         from instrument.wsgi import InstrumentMiddleware
         return wsgi_runner(InstrumentMiddleware(ov._hello), "/hello",
@@ -98,9 +108,21 @@ def _runner(group: str, variant: str) -> Any:
 def _child(group: str, variant: str, n: int) -> None:
     import instrument
     instrument.configure(metrics_db=os.path.join(tempfile.mkdtemp(), "m.db"),
-                         flush_interval=3600, trace_context=variant != "notrace")
+                         flush_interval=3600, trace_context=variant != "notrace",
+                         exemplars=0 if variant == "noexemplars" else 5)
     run = _runner(group, variant)
     run(300)  # warm-up: caches, specialisation, lazily built middleware stacks
+    from instrument.core import exemplars
+    # No flush() here (its wait loop would add a count that depends on the clock), so set
+    # what the flusher publishes every second. Steady state: each route's cut is out and
+    # its requests pay the compares only (a cut from the warm-up's timings would make the
+    # count depend on how fast valgrind ran). "candidate": as at the start of a minute,
+    # every request carries its details to the flusher.
+    if variant == "candidate":
+        exemplars.CUTS.clear()
+        exemplars.UNTIL[0] = 0.0
+    else:
+        exemplars.DEFAULT[0] = exemplars.UNTIL[0] = float("inf")
     run(n)
     os._exit(0)  # no shutdown flush: the count covers the requests only
 
@@ -145,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         per = {v: (_count(group, v, n + delta) - _count(group, v, n)) / delta for v in variants}
         results[group] = per
         for v in variants:
-            base = per.get("bare", per.get("notrace"))
-            rows.append([group, v, per[v], None if v in ("bare", "notrace") else per[v] - base])
+            first = variants[0]
+            rows.append([group, v, per[v], None if v == first else per[v] - per[first]])
     print_table(["group", "variant", "instructions/request", "added"], rows,
                 title="CPU instructions per request (callgrind, difference of two run lengths)")
     write_json(args.json, {"benchmark": "instructions", "quick": args.quick, "groups": results})

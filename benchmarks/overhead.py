@@ -64,7 +64,7 @@ TARGETS = {"wsgi": 3.0, "flask": 5.0, "flask-dict": 5.0, "flask-jsonify": 5.0, "
            "starlette": 5.0, "fastapi": 5.0, "fastapi-model": 5.0,
            "decorator": 1.0, "method": 1.0, "decorator-async": 1.0,
            "uvicorn": 10.0, "uvicorn-starlette": 10.0, "uvicorn-fastapi": 10.0,
-           "uvicorn-fastapi-model": 10.0}
+           "uvicorn-fastapi-model": 10.0, "django": 5.0}
 #: Framework groups and the bare middleware group whose overhead they are held to (issue 19:
 #: at most 1.5x what the kit's bare middleware adds on the same server) and their exporter,
 #: which the kit must undercut at least 10x in the same run.
@@ -76,7 +76,8 @@ SHAPES = {"flask": ("wsgi", "prometheus-flask-exporter"),
           "fastapi-model": ("asgi", "prometheus-fastapi-instrumentator"),
           "uvicorn-starlette": ("uvicorn", "starlette-exporter"),
           "uvicorn-fastapi": ("uvicorn", "prometheus-fastapi-instrumentator"),
-          "uvicorn-fastapi-model": ("uvicorn", "prometheus-fastapi-instrumentator")}
+          "uvicorn-fastapi-model": ("uvicorn", "prometheus-fastapi-instrumentator"),
+          "django": ("wsgi", "django-prometheus")}
 MAX_VS_MIDDLEWARE = 1.5
 MIN_VS_EXPORTER = 10.0
 #: Overheads (µs) the issue measured for reference on this machine: (group, variant) -> µs.
@@ -223,6 +224,19 @@ def flask_group(kit: Kit, otel: Any, shape: str = "text") -> Variants:
         peer.wsgi_app = OpenTelemetryMiddleware(peer.wsgi_app, tracer_provider=otel[0],
                                                 meter_provider=otel[1])
         out.append(("otel-wsgi", wsgi_runner(peer, "/items/42")))
+    return out
+
+
+def django_group(kit: Kit) -> Variants:
+    """Django's WSGI handler alone, with the kit's middleware, and with django-prometheus."""
+    import _django
+
+    out = [("bare", wsgi_runner(_django.handler("bare"), _django.PATH)),
+           ("floor", wsgi_runner(floor_wsgi(_django.handler("bare")), _django.PATH)),
+           *kit.both(lambda: wsgi_runner(_django.handler("kit"), _django.PATH))]
+    if _django.PROMETHEUS:
+        out.append(("django-prometheus",
+                    wsgi_runner(_django.handler("django-prometheus"), _django.PATH)))
     return out
 
 
@@ -430,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    runner=server_runner),
         "uvicorn-fastapi-model": lambda: starlette_group(loop, kit, otel, fastapi=True,
                                                          model=True, runner=server_runner),
+        "django": lambda: django_group(kit),
         "decorator": decorator_group,
         "method": method_group,
         "decorator-async": lambda: decorator_async_group(loop),

@@ -201,6 +201,12 @@ VARIABLES: tuple[Variable, ...] = (
              "Continue an incoming W3C `traceparent` (or start a trace), return it with this"
              " request's span id, send it on with `requests`, put `trace_id` and `span_id` on"
              " JSON log lines; `false` skips it."),
+    Variable("exemplars", "INSTRUMENT_EXEMPLARS", _int_at_least(0, 100), 5,
+             "Slowest requests kept per route and minute as exemplars (request id, raw path,"
+             " client...) in `request_exemplars`; `0` keeps none, failing ones included."),
+    Variable("exemplar_failures", "INSTRUMENT_EXEMPLAR_FAILURES", _int_at_least(0, 1000), 20,
+             "Failing requests (5xx or an exception) kept per route and minute as exemplars;"
+             " the rest are counted."),
     Variable("dashboard_token", "INSTRUMENT_DASHBOARD_TOKEN", _str, None,
              "Secret that opens `/monitoring` and `/api/v1/monitoring/` (bearer token or the"
              " login form); without it or `INSTRUMENT_DASHBOARD_PUBLIC` they answer 404 (but"
@@ -291,6 +297,8 @@ class Settings:
     disk_path: str = "/"
     request_id: bool = True
     trace_context: bool = True
+    exemplars: int = 5
+    exemplar_failures: int = 20
     dashboard_token: str | None = field(default=None, repr=False)
     dashboard_public: bool = False
     health_public: bool = True

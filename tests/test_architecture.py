@@ -29,6 +29,7 @@ LAYERS: list[list[str]] = [
 ]
 ROOMS = {room: rank for rank, rooms in enumerate(LAYERS) for room in rooms}
 ROOMS["instrument.demo"] = len(LAYERS) - 1
+ROOMS["instrument.django"] = len(LAYERS) - 1  # a face that is a package (its urls module)
 ROOMS["instrument.backends"] = len(LAYERS) - 1  # faces of storage and alert channels
 
 #: Modules that a backend the flusher writes to must never import: a backend sees
@@ -200,7 +201,10 @@ FACES = {
     "instrument.asgi": ["InstrumentMiddleware"],
     "instrument.flask": ["Instrument"],
     "instrument.fastapi": ["InstrumentMiddleware", "instrument_app"],
+    "instrument.django": ["InstrumentMiddleware", "get_asgi_application"],
+    "instrument.django.urls": ["urlpatterns", "app_name"],
     "instrument.requests": ["instrument_session"],
+    "instrument.celery": ["instrument_celery"],
     "instrument.decorators": ["timed", "timer"],
     "instrument.logs": ["setup_logging", "request_context", "JsonFormatter"],
     "instrument.logsearch": ["search_logs", "request_logs", "LogQueryError"],

@@ -52,7 +52,7 @@ def test_overhead_measures_every_group_against_its_bare_baseline(tmp_path: Path)
     groups = data["groups"]
     frameworks = {"wsgi", "flask", "flask-dict", "flask-jsonify", "asgi", "starlette", "fastapi",
                   "fastapi-model", "uvicorn", "uvicorn-starlette", "uvicorn-fastapi",
-                  "uvicorn-fastapi-model"}
+                  "uvicorn-fastapi-model", "django"}
     assert set(groups) == frameworks | {"decorator", "method", "decorator-async"}
     for name, variants in groups.items():
         assert {"bare", "instrument"} <= set(variants), name
@@ -71,7 +71,8 @@ def test_overhead_measures_every_group_against_its_bare_baseline(tmp_path: Path)
     assert ("otel-wsgi" in groups["wsgi"]) == otel
     modules = {"prometheus-flask-exporter": "prometheus_flask_exporter",
                "starlette-exporter": "starlette_exporter",
-               "prometheus-fastapi-instrumentator": "prometheus_fastapi_instrumentator"}
+               "prometheus-fastapi-instrumentator": "prometheus_fastapi_instrumentator",
+               "django-prometheus": "django_prometheus"}
     assert set(data["shapes"]) == frameworks - {"wsgi", "asgi", "uvicorn"}
     for group, (middleware, label) in data["shapes"].items():
         kit = groups[group]["instrument"]

@@ -230,7 +230,8 @@ def test_alert_listing_and_openapi(server: DashboardServer) -> None:
     assert spec["openapi"].startswith("3.")
     assert set(spec["paths"]) == {"/health", "/metrics/summary", "/metrics/timeseries",
                                   "/metrics/system", "/routes", "/alerts",
-                                  "/alerts/{id}/acknowledge", "/logs", "/openapi.json"}
+                                  "/alerts/{id}/acknowledge", "/logs", "/requests",
+                                  "/requests/{request_id}", "/openapi.json"}
 
 
 # -- bad parameters ----------------------------------------------------------------------------

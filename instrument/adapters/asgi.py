@@ -19,6 +19,7 @@ from instrument.adapters.front import front
 from instrument.adapters.routes import RouteResolver
 from instrument.core.buffer import KIND_HTTP
 from instrument.core.context import COUNTER, IDS, PREFIX, READERS, current, incoming_id, route_of
+from instrument.core.exemplars import CUTS, DEFAULT, UNTIL
 from instrument.core.runtime import OFF, runtime
 from instrument.core.trace import continued_bytes, fresh, tracestate, use
 from instrument.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,6 +38,8 @@ _next_id = IDS.popleft
 _readers = READERS
 _started = _rec.started
 _ended = _rec.ended
+_ex_default, _ex_until, _cut = DEFAULT, UNTIL, CUTS.get
+_UA_NAME = b"user-agent"
 _first = itemgetter(0)
 _RID_NAME = b"x-request-id"
 _TP_NAME = b"traceparent"
@@ -250,8 +253,17 @@ class InstrumentMiddleware:
                     _reset(tok)
                 except (ValueError, RuntimeError):  # left from another context
                     _set(None)
-            sample = (KIND_HTTP, t0, t1, ex.tf, self._resolve(scope, root0), scope["method"],
-                      500 if exc else ex.status, ex.qb, ex.rb, exc or scope.get(EXC_KEY), ex.disc)
+            route = self._resolve(scope, root0)
+            status = 500 if exc else ex.status
+            # a candidate exemplar carries its details (see the WSGI middleware)
+            if (t0 >= _ex_until[0] or t1 - t0 >= _cut(route, _ex_default[0])
+                    or status >= 500):
+                disc: Any = (ex.disc, ex.rid, scope.get("path"), scope.get("query_string"),
+                             scope.get("client"), _header(scope["headers"], _UA_NAME), ex.tp)
+            else:
+                disc = ex.disc
+            sample = (KIND_HTTP, t0, t1, ex.tf, route, scope["method"], status, ex.qb, ex.rb,
+                      exc or scope.get(EXC_KEY), disc)
             # Recorder.add, inlined: a bounded append, or an exact drop count
             n = len(_buf)
             if n < _rec.cap:

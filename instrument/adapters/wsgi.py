@@ -25,6 +25,7 @@ from instrument.core.context import (
     current,
     incoming_id,
 )
+from instrument.core.exemplars import CUTS, DEFAULT, UNTIL
 from instrument.core.runtime import OFF, runtime
 from instrument.core.trace import TRACEPARENT, continued, fresh, tracestate, use
 from instrument.types import StartResponse, WSGIApp, WSGIEnviron
@@ -39,6 +40,7 @@ _next_id = IDS.popleft
 _readers = READERS
 _started = _rec.started
 _ended = _rec.ended
+_ex_default, _ex_until, _cut = DEFAULT, UNTIL, CUTS.get
 
 #: environ key a framework adapter sets to the matched route template.
 ROUTE_KEY = "instrument.route"
@@ -156,10 +158,19 @@ class _Exchange(list[bytes]):
         env = self.env
         exc = self.exc
         inp = self.inp
-        sample = (KIND_HTTP, self.t0, t1, self.tf or t1,
-                  env.get(ROUTE_KEY) or self.route or env.get("PATH_INFO"),
-                  env.get("REQUEST_METHOD"), "500" if exc else self.status,
-                  inp.n if inp is not None else 0, rb, exc or env.get(EXC_KEY), not self.done)
+        t0 = self.t0
+        route = env.get(ROUTE_KEY) or self.route or env.get("PATH_INFO")
+        status = "500" if exc else self.status
+        # A candidate exemplar (instrument.core.exemplars) carries its details; the others,
+        # nearly all once the flusher has published its cuts, pay these compares only.
+        # (an exception made the status "500"; exemplars off: no cut is ever reached)
+        if t0 >= _ex_until[0] or t1 - t0 >= _cut(route, _ex_default[0]) or status >= "5":
+            disc: Any = (not self.done, self.rid, env.get("PATH_INFO"), env.get("QUERY_STRING"),
+                         env.get("REMOTE_ADDR"), env.get("HTTP_USER_AGENT"), self.tp)
+        else:
+            disc = not self.done
+        sample = (KIND_HTTP, t0, t1, self.tf or t1, route, env.get("REQUEST_METHOD"), status,
+                  inp.n if inp is not None else 0, rb, exc or env.get(EXC_KEY), disc)
         # Recorder.add, inlined: a bounded append, or an exact drop count
         n = len(_buf)
         if n < _rec.cap:

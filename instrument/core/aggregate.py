@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from instrument.core.batch import OVERFLOW, UNMATCHED, Batch
-from instrument.core.buffer import KIND_CALL, KIND_CLIENT, KIND_HTTP
+from instrument.core.buffer import KIND_CALL, KIND_CLIENT, KIND_HTTP, KIND_TASK, KIND_TASK_WAIT
+from instrument.core.exemplars import Picker
 from instrument.core.histogram import PER_DOUBLING
 
 __all__ = ["Aggregator"]
@@ -53,9 +54,11 @@ class _Clock:
 class Aggregator:
     """Stateful across batches only for the cardinality guard and the clock."""
 
-    def __init__(self, max_routes: int = 1000, raw_rows: bool = True) -> None:
+    def __init__(self, max_routes: int = 1000, raw_rows: bool = True,
+                 picker: Picker | None = None) -> None:
         self.max_routes = max_routes
         self.raw_rows = raw_rows
+        self.picker = picker  # chooses exemplars among the candidates adapters mark
         self._names: dict[str, set[str]] = {}
         self._clock = _Clock()
         self.pid = os.getpid()
@@ -92,7 +95,8 @@ class Aggregator:
         strftime, gmtime = time.strftime, time.gmtime
         dot3, d3 = _DOT3, _D3
         guard = self._guard
-        seen = {k: self._names.setdefault(k, set()) for k in (KIND_HTTP, KIND_CALL, KIND_CLIENT)}
+        seen = {k: self._names.setdefault(k, set())
+                for k in (KIND_HTTP, KIND_CALL, KIND_CLIENT, KIND_TASK)}
         seen_http = seen[KIND_HTTP]
         codes = _STATUS_CODES
         rollups = acc.rollups
@@ -105,6 +109,8 @@ class Aggregator:
         pid = self.pid
         excs = acc.exceptions
         floor, log2 = math.floor, _log2
+        offer = self.picker.offer if self.picker is not None else None
+        exemplars = batch.exemplar_values
         n = 0
         for s in samples:
             n += 1
@@ -132,6 +138,15 @@ class Aggregator:
                     sec = floor(ts)
                     sec_f, sec_end, minute = float(sec), sec + 1.0, sec - sec % 60
                     prefix = strftime("%Y-%m-%dT%H:%M:%S", gmtime(sec))
+                if disc.__class__ is tuple:  # a candidate exemplar, with its details
+                    if offer is not None:
+                        micro = floor((ts - sec_f) * 1e6)
+                        row = offer(minute, name, s[4], method, status, ms, ttfb, qb, rb,
+                                    exc_name, prefix + dot3[micro // 1000] + d3[micro % 1000],
+                                    disc, pid)
+                        if row is not None:
+                            exemplars.extend(row)
+                    disc = disc[0]
                 if raw:
                     # two table lookups: a third of the cost of "%06d" formatting
                     micro = floor((ts - sec_f) * 1e6)  # floor(): half the cost of int()
@@ -165,6 +180,30 @@ class Aggregator:
                     calls.extend((prefix + dot3[micro // 1000] + d3[micro % 1000], kind, name,
                                   method, status, ms, exc_name, pid))
                 ttfb_sum = 0.0
+            elif kind == KIND_TASK:
+                # ("task", t0, t_end, name, outcome, exc, queue_wait_s | None): the outcome
+                # goes in the method column, so rollups count each outcome apart
+                _, t0, t1, name, method, exc, wait = s
+                status, qb, rb, extras, ttfb_sum = 0, 0, 0, False, 0.0
+                if name not in seen[kind]:
+                    name = guard(kind, name)
+                ms = (t1 - t0) * 1000.0
+                exc_name = exc.__name__ if exc is not None else None
+                err = 1 if method == "failure" else 0  # a retry or a revoke is not an error
+                ts = t0 + offset
+                if ts >= sec_end or ts < sec_f:
+                    sec = floor(ts)
+                    sec_f, sec_end, minute = float(sec), sec + 1.0, sec - sec % 60
+                    prefix = strftime("%Y-%m-%dT%H:%M:%S", gmtime(sec))
+                if raw:
+                    micro = floor((ts - sec_f) * 1e6)
+                    stamp = prefix + dot3[micro // 1000] + d3[micro % 1000]
+                    calls.extend((stamp, kind, name, method, 0, ms, exc_name, pid))
+                if wait is not None:  # publish to start: a row of its own kind, same time
+                    wms = wait * 1000.0
+                    if raw:
+                        calls.extend((stamp, KIND_TASK_WAIT, name, "", 0, wms, None, pid))
+                    _roll(rollups, (minute, KIND_TASK_WAIT, name, "", 0), wms)
             else:
                 batch.other.setdefault(kind, []).append(s)
                 continue
@@ -205,6 +244,20 @@ class Aggregator:
                     sizes[skey] = sizes.get(skey, 0) + c
         acc.samples += n
         return batch
+
+
+def _roll(rollups: dict[tuple[Any, ...], list[Any]], key: tuple[Any, ...], ms: float) -> None:
+    """Count one error-free ``ms`` into the rollup at ``key`` (the main loop inlines this)."""
+    r = rollups.get(key)
+    if r is None:
+        r = rollups[key] = [0, 0, 0.0, 0.0, 0.0, 0, 0, {}, {}, {}]
+    r[0] += 1
+    r[2] += ms
+    if ms > r[3]:
+        r[3] = ms
+    b = _MIN_INDEX if ms <= 0.0009765625 else math.floor(_log2(ms) * PER_DOUBLING)
+    hist = r[7]
+    hist[b] = hist.get(b, 0) + 1
 
 
 def _status_code(line: str) -> int:

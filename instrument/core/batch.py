@@ -14,12 +14,17 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, NamedTuple
 
-__all__ = ["CALL_WIDTH", "OVERFLOW", "REQUEST_WIDTH", "SYSTEM_COLUMNS", "UNMATCHED", "Batch",
+__all__ = ["CALL_WIDTH", "EXEMPLAR_WIDTH", "OVERFLOW", "REQUEST_WIDTH", "SYSTEM_COLUMNS",
+           "UNMATCHED", "Batch",
            "InFlight", "Origin", "iso_utc"]
 
 #: Values in one raw request row and one raw call row (see :class:`Batch`).
 REQUEST_WIDTH = 12
 CALL_WIDTH = 8
+#: Values in one exemplar row: (timestamp, minute, request_id, trace_id, method, route, path,
+#: query, status_code, duration_ms, ttfb_ms, request_bytes, response_bytes, client,
+#: user_agent, exception, reason, pid).
+EXEMPLAR_WIDTH = 18
 
 UNMATCHED = "__unmatched__"
 OVERFLOW = "__overflow__"
@@ -73,9 +78,11 @@ class Batch:
     (family, kind, name, method, bucket) with family "request_size" / "response_size"
     and bucket ``b`` holding sizes ``2**(b-1) < n <= 2**b`` (0 holds 0 and 1), for the
     cumulative totals the Prometheus exposition reads. ``in_flight`` is this process's
-    reading of its HTTP requests in flight, set by the flusher (:mod:`instrument.core.inflight`),
-    and ``origin`` says which process and flusher the batch comes from (None for a batch
-    built by hand: backends then use the host name and count nothing for the kit).
+    reading of its HTTP requests in flight, set by the flusher (:mod:`instrument.core.inflight`).
+    ``exemplar_values`` are the requests the flusher kept as exemplars (the slowest and
+    failing ones, :mod:`instrument.core.exemplars`), and ``origin`` says which process and
+    flusher the batch comes from (None for a batch built by hand: backends then use the host
+    name and count nothing for the kit).
     """
 
     request_values: list[Any] = field(default_factory=list)
@@ -87,6 +94,8 @@ class Batch:
     sizes: dict[tuple[Any, ...], int] = field(default_factory=dict)
     in_flight: InFlight | None = None
     origin: Origin | None = None
+    #: exemplar rows, flat (:data:`instrument.core.exemplars.EXEMPLAR_WIDTH` values a row)
+    exemplar_values: list[Any] = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.samples

@@ -26,14 +26,19 @@ from collections.abc import Callable
 from itertools import repeat, starmap
 from typing import Any
 
-__all__ = ["FLAT_FIELDS", "KIND_CALL", "KIND_CLIENT", "KIND_HTTP", "SLOTS", "Recorder"]
+__all__ = ["FLAT_FIELDS", "KIND_CALL", "KIND_CLIENT", "KIND_HTTP", "KIND_TASK", "KIND_TASK_WAIT",
+           "SLOTS", "Recorder"]
 
 #: Sample kinds: the first element of every sample tuple.
 KIND_HTTP = "http"
 KIND_CALL = "call"
 KIND_CLIENT = "client"
+#: A Celery task run: ``("task", t0, t_end, name, outcome, exc, queue_wait_s | None)``.
+KIND_TASK = "task"
+#: Not a sample kind: the rows the aggregator derives from a task's queue wait.
+KIND_TASK_WAIT = "task_wait"
 #: Fields of the samples stored flat, by kind (the kind included).
-FLAT_FIELDS = {KIND_HTTP: 11, KIND_CALL: 5}
+FLAT_FIELDS = {KIND_HTTP: 11, KIND_CALL: 5, KIND_TASK: 7}
 #: Slots one request takes: capacity is counted in requests.
 SLOTS = 11
 

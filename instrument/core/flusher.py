@@ -28,6 +28,7 @@ from instrument.core.aggregate import Aggregator
 from instrument.core.batch import Batch, Origin
 from instrument.core.buffer import SLOTS, Recorder
 from instrument.core.context import top_up
+from instrument.core.exemplars import Picker
 from instrument.core.inflight import Gauge
 from instrument.core.pending import BackendState
 from instrument.core.suppress import suppressed
@@ -93,7 +94,8 @@ class Flusher:
 
     def __init__(self, recorder: Recorder, backends: Sequence[Any], *, interval: float = 1.0,
                  max_routes: int = 1000, raw_rows: bool = True,
-                 rollup_interval: float | None = None, host: str | None = None) -> None:
+                 rollup_interval: float | None = None, host: str | None = None,
+                 picker: Picker | None = None) -> None:
         self.recorder = recorder
         self.drops_at_start = recorder.dropped
         self.host = host or socket.gethostname()
@@ -104,7 +106,7 @@ class Flusher:
         # every cycle. Longer trades their freshness for fewer rollup writes at low rates.
         self.rollup_interval = interval if rollup_interval is None else rollup_interval
         self.states = [BackendState(b) for b in backends]
-        self.aggregator = Aggregator(max_routes=max_routes, raw_rows=raw_rows)
+        self.aggregator = Aggregator(max_routes=max_routes, raw_rows=raw_rows, picker=picker)
         self.in_flight = Gauge(recorder, interval)
         self._event = threading.Event()
         self._cond = threading.Condition()
@@ -240,10 +242,21 @@ class Flusher:
                 batch.rollups, batch.exceptions, batch.sizes = (held.rollups, held.exceptions,
                                                                 held.sizes)
                 batch.samples, held = held.samples, None
-            if batch.samples or batch.request_values or batch.call_values or batch.other:
+            if (batch.samples or batch.request_values or batch.call_values or batch.other
+                    or batch.exemplar_values):
                 last = self._queue(batch)
             if feed.slots < _DRAIN_LIMIT:
                 break
+        picker = self.aggregator.picker
+        if picker is not None:
+            # the slowest of the minutes that are over (of all, on a flush or at exit)
+            slowest = picker.take(final=force_retry or self._stopping)
+            if slowest:
+                if last is None:
+                    last = self._queue(Batch(exemplar_values=slowest))
+                else:
+                    last.exemplar_values.extend(slowest)
+            picker.publish(self.aggregator._clock.offset)
         if not hold and held is not None:  # held rollups, and no samples came to carry them
             last, held = self._queue(held), None
         self._held = held
@@ -328,5 +341,7 @@ class Flusher:
             "last_flush_at": self.last_flush_at,
             "last_flush_seconds": self.last_flush_seconds,
             "cycle_errors": self.cycle_errors,
+            # failing requests beyond INSTRUMENT_EXEMPLAR_FAILURES a route a minute: not kept
+            "exemplars_skipped": picker.skipped if (picker := self.aggregator.picker) else 0,
             "backends": [s.snapshot() for s in self.states],
         }

@@ -18,6 +18,7 @@ from typing import Any
 
 from instrument.config import Settings
 from instrument.core.buffer import Recorder
+from instrument.core.exemplars import Picker
 from instrument.core.flusher import Flusher
 
 __all__ = ["OFF", "ON", "UNSTARTED", "Runtime", "runtime"]
@@ -101,7 +102,9 @@ class Runtime:
                                interval=self.settings.flush_interval,
                                max_routes=self.settings.max_routes,
                                raw_rows=self.settings.raw_rows,
-                               host=self.settings.instance)
+                               host=self.settings.instance,
+                               picker=Picker(self.settings.exemplars,
+                                             self.settings.exemplar_failures))
         self.flusher.start()
 
     def _stop_flusher(self) -> None:

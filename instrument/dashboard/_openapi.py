@@ -133,6 +133,28 @@ OPENAPI: dict[str, Any] = {
              _q("request_id", "Only lines of this request.", _STR), _FROM, _TO,
              _q("limit", "Rows (1-1000).", {**_INT, "default": 100}),
              _q("before_id", "Page: lines older than this id.", _INT)], "log lines"),
+        "/requests": _get(
+            "Exemplar requests: the slowest (INSTRUMENT_EXEMPLARS a route a minute) and the"
+            " failing ones each process kept, with request and trace id, raw path, redacted"
+            " query string, client, user agent, status, duration, TTFB and bytes.",
+            [_q("route", "Only this route template.", _STR),
+             _q("method", "Only this HTTP method.", _STR),
+             _q("status", "A status code (503) or class (5xx).", _STR),
+             _q("min_ms", "At least this many milliseconds.", _NUM),
+             _q("reason", "slow or error.", {"type": "string", "enum": ["slow", "error"]}),
+             _FROM, _TO,
+             _q("order", "newest or slowest first.", {"type": "string",
+                                                      "enum": ["newest", "slowest"],
+                                                      "default": "newest"}),
+             _q("limit", "Rows (1-1000).", {**_INT, "default": 100})], "exemplar requests"),
+        "/requests/{request_id}": {"get": {
+            "summary": "One kept request: its exemplar row and the log lines it wrote, oldest"
+                       " first.",
+            "parameters": [{"name": "request_id", "in": "path", "required": True,
+                            "schema": _STR}],
+            "responses": {"200": {"description": "the request"}, "400": _ERR,
+                          "401": {"description": "Not signed in."},
+                          "404": {"description": "not kept"}}}},
         "/openapi.json": _get("This document.", [], "OpenAPI 3.1"),
     },
 }

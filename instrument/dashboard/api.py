@@ -27,6 +27,7 @@ from instrument.dashboard._alerts import AlertsView, Conflict
 from instrument.dashboard._http import BadRequest, Request, Response, json_response, problem
 from instrument.dashboard._openapi import OPENAPI
 from instrument.dashboard._pgstore import columns, has_table, open_connections, unavailable
+from instrument.dashboard._requests import request_detail, request_list
 from instrument.dashboard._series import METRICS, HistogramCache, request_series
 from instrument.dashboard._store import latest_system
 from instrument.dashboard._syscache import SystemCache
@@ -110,6 +111,7 @@ class MonitoringAPI:
             "health": self.health, "metrics/summary": self.summary,
             "metrics/timeseries": self.timeseries, "metrics/system": self.system,
             "routes": self.routes, "alerts": self.alert_list, "logs": self.logs,
+            "requests": request_list,
             "openapi.json": lambda q, conn: json_response(OPENAPI),
         }
 
@@ -129,6 +131,11 @@ class MonitoringAPI:
                 with self.db.connection() as conn:
                     return self._get[sub](query, conn)
             parts = sub.split("/")
+            if parts[0] == "requests" and len(parts) > 1 and parts[1]:  # ids may hold "/"
+                if request.method not in ("GET", "HEAD"):
+                    return problem(405, "Use GET for a request.", [("Allow", "GET, HEAD")])
+                with self.db.connection() as conn:
+                    return request_detail(sub[len("requests/"):], conn)
             if len(parts) == 3 and parts[0] == "alerts" and parts[2] == "acknowledge":
                 if request.method != "POST":
                     return problem(405, "Use POST to acknowledge an alert.", [("Allow", "POST")])

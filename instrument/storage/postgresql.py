@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from instrument._errors import missing_extra
-from instrument.core.batch import SYSTEM_COLUMNS, Batch, iso_utc
+from instrument.core.batch import EXEMPLAR_WIDTH, SYSTEM_COLUMNS, Batch, iso_utc
 from instrument.storage.inflight import write_in_flight
 from instrument.storage.pg_schema import migrate
 from instrument.storage.pg_write import (
@@ -63,6 +63,9 @@ _DELETE_CHUNK = 20_000
 _API_COLUMNS = ("timestamp, endpoint, method, status_code, response_time_ms, request_size_bytes,"
                 " response_size_bytes, error_count, ttfb_ms, exception, client_disconnected, pid,"
                 " host")
+_EXEMPLAR_COLUMNS = ("timestamp, minute, request_id, trace_id, method, route, path, query,"
+                     " status_code, duration_ms, ttfb_ms, request_bytes, response_bytes, client,"
+                     " user_agent, exception, reason, pid, host")
 _CALL_COLUMNS = "timestamp, kind, name, method, status_code, duration_ms, exception, pid, host"
 _SYSTEM_COLUMNS = f"timestamp, {', '.join(SYSTEM_COLUMNS)}, host"
 _APP_COLUMNS = "timestamp, name, kind, value, pid, host"
@@ -178,6 +181,8 @@ class PostgreSQLBackend:
         with conn.transaction(), conn.cursor() as cur:
             _copy(cur, "api_metrics", _API_COLUMNS, batch.requests, host)
             _copy(cur, "call_metrics", _CALL_COLUMNS, batch.calls, host)
+            _copy(cur, "request_exemplars", _EXEMPLAR_COLUMNS,
+                  list(zip(*[iter(batch.exemplar_values)] * EXEMPLAR_WIDTH, strict=True)), host)
             if rollups:
                 ROLLUPS.run(cur, [(*k, *v[:7], host) for k, v in rollups.items()])
                 BUCKETS.run(cur, [(*k, b, c, host) for k, v in rollups.items()
@@ -217,7 +222,7 @@ class PostgreSQLBackend:
                 removed += n
                 if n < _DELETE_CHUNK:
                     break
-        for table in ("metric_rollups", "metric_rollup_buckets"):
+        for table in ("metric_rollups", "metric_rollup_buckets", "request_exemplars"):
             removed += conn.execute(f"DELETE FROM {table} WHERE minute < %s",
                                     (minute,)).rowcount
         for period in (60, *COARSE_PERIODS):  # the period holding the cutoff is kept

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from instrument.core.batch import CALL_WIDTH, REQUEST_WIDTH, Batch, iso_utc
+from instrument.core.batch import CALL_WIDTH, EXEMPLAR_WIDTH, REQUEST_WIDTH, Batch, iso_utc
 from instrument.core.forkguard import sqlite_section
 from instrument.storage.rows import scrub
 from instrument.storage.sqlite_logs import delete_logs_before, write_logs
@@ -62,6 +62,11 @@ _INSERT_REQUEST = (
     "INSERT INTO api_metrics (timestamp, endpoint, method, status_code, response_time_ms,"
     " request_size_bytes, response_size_bytes, error_count, ttfb_ms, exception,"
     " client_disconnected, pid)"
+)
+_INSERT_EXEMPLAR = (
+    "INSERT INTO request_exemplars (timestamp, minute, request_id, trace_id, method, route, path,"
+    " query, status_code, duration_ms, ttfb_ms, request_bytes, response_bytes, client,"
+    " user_agent, exception, reason, pid)"
 )
 _INSERT_CALL = (
     "INSERT INTO call_metrics (timestamp, kind, name, method, status_code, duration_ms,"
@@ -269,6 +274,7 @@ class SQLiteBackend:
         try:
             insert_values(conn, _INSERT_REQUEST, REQUEST_WIDTH, batch.request_values)
             insert_values(conn, _INSERT_CALL, CALL_WIDTH, batch.call_values)
+            insert_values(conn, _INSERT_EXEMPLAR, EXEMPLAR_WIDTH, batch.exemplar_values)
             if rollups:
                 insert_rows(conn, "INSERT INTO metric_rollups", 12,
                             [(*k, *v[:7]) for k, v in rollups.items()], _UPSERT_ROLLUP)
@@ -312,7 +318,7 @@ class SQLiteBackend:
         removed += delete_logs_before(conn, cutoff_iso, _DELETE_CHUNK)
         removed += delete_metrics_before(conn, cutoff, _DELETE_CHUNK)
         minute = int(cutoff // 60) * 60
-        for table in ("metric_rollups", "metric_rollup_buckets"):
+        for table in ("metric_rollups", "metric_rollup_buckets", "request_exemplars"):
             removed += conn.execute(f"DELETE FROM {table} WHERE minute < ?",
                                     (minute,)).rowcount
         return removed

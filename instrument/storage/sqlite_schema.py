@@ -233,6 +233,36 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS idx_process_in_flight_expires ON process_in_flight(expires_at);
     """,
+    # 6: exemplar requests (instrument/core/exemplars.py): per route and minute the slowest few
+    # and the failing ones each process kept, with what identifies them (request and trace
+    # id, the raw path and query string, client, user agent). reason is 'slow' or 'error'.
+    """
+    CREATE TABLE IF NOT EXISTS request_exemplars (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        timestamp TEXT NOT NULL,
+        minute INTEGER NOT NULL,
+        request_id TEXT,
+        trace_id TEXT,
+        method TEXT NOT NULL,
+        route TEXT NOT NULL,
+        path TEXT,
+        query TEXT,
+        status_code INTEGER NOT NULL,
+        duration_ms REAL NOT NULL,
+        ttfb_ms REAL,
+        request_bytes INTEGER NOT NULL,
+        response_bytes INTEGER NOT NULL,
+        client TEXT,
+        user_agent TEXT,
+        exception TEXT,
+        reason TEXT NOT NULL,
+        pid INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS idx_request_exemplars_route
+        ON request_exemplars(route, method, minute);
+    CREATE INDEX IF NOT EXISTS idx_request_exemplars_minute ON request_exemplars(minute);
+    CREATE INDEX IF NOT EXISTS idx_request_exemplars_request_id ON request_exemplars(request_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
