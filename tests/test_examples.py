@@ -119,6 +119,35 @@ def test_fastapi_example_serves_and_records_route_templates(tmp_path: Path) -> N
                                 ("/api/fail", "GET", 500)]
 
 
+def test_litestar_example_serves_and_records_route_templates(tmp_path: Path) -> None:
+    """The Litestar example answers under uvicorn and stores each request by its template."""
+    with example_server("litestar_app.py", tmp_path) as (url, _proc):
+        assert requests.get(url + "/books/3", timeout=10).json() == {"id": 3, "title": "book-3"}
+        assert requests.get(url + "/books/99", timeout=10).status_code == 404
+        assert requests.post(url + "/books", json={"title": "x"}, timeout=10).json() == {
+            "received": 1}
+        assert requests.get(url + "/report", timeout=10).text.count("line") == 5
+        assert requests.get(url + "/fail", timeout=10).status_code == 500
+        assert requests.get(url + "/nowhere", timeout=10).status_code == 404
+    assert stored(tmp_path) == [("/books/{book_id}", "GET", 200), ("/books/{book_id}", "GET", 404),
+                                ("/books", "POST", 201), ("/report", "GET", 200),
+                                ("/fail", "GET", 500), ("__unmatched__", "GET", 404)]
+
+
+def test_falcon_example_serves_and_records_route_templates(tmp_path: Path) -> None:
+    """The Falcon example answers under wsgiref and stores each request by uri_template."""
+    with example_server("falcon_app.py", tmp_path) as (url, _proc):
+        assert requests.get(url + "/notes/4", timeout=10).json() == {"id": 4, "text": "note-4"}
+        assert requests.get(url + "/notes/99", timeout=10).status_code == 404
+        assert requests.post(url + "/notes", data=b"hello", timeout=10).json() == {
+            "received": 5}
+        assert requests.get(url + "/fail", timeout=10).status_code == 500
+        assert requests.get(url + "/nowhere", timeout=10).status_code == 404
+    assert stored(tmp_path) == [("/notes/{note_id:int}", "GET", 200),
+                                ("/notes/{note_id:int}", "GET", 404), ("/notes", "POST", 201),
+                                ("/fail", "GET", 500), ("__unmatched__", "GET", 404)]
+
+
 @pytest.mark.parametrize("script", ["wsgi_app.py", "asgi_app.py"])
 def test_plain_examples_count_the_body_they_read(script: str, tmp_path: Path) -> None:
     """The framework-free WSGI and ASGI examples answer with the body size and record it."""

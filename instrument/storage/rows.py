@@ -126,3 +126,4 @@ def scrub(batch: Batch) -> None:
     batch.other = _escaped(batch.other)
     batch.exceptions = _escaped(batch.exceptions)
     batch.sizes = _escaped(batch.sizes)
+    batch.exemplar_values = _escaped(batch.exemplar_values)
