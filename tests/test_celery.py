@@ -220,7 +220,10 @@ class Worker:
 
 
 def worker_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INSTRUMENT_")}
+    # DJANGO_SETTINGS_MODULE: set in this process once the Django tests are collected; a
+    # worker that inherits it turns on Celery's Django fixup and fails to import the site.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("INSTRUMENT_") and k != "DJANGO_SETTINGS_MODULE"}
     return env | {"PYTHONUNBUFFERED": "1"} | extra
 
 
