@@ -50,79 +50,29 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
 from urllib.parse import urlsplit
 
-from instrument._errors import missing_extra
-from instrument.core.batch import UNMATCHED, Batch
-from instrument.core.histogram import PER_DOUBLING
-
-try:
-    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
-    from opentelemetry.proto.common.v1 import common_pb2
-    from opentelemetry.proto.metrics.v1 import metrics_pb2
-    from opentelemetry.proto.resource.v1 import resource_pb2
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise missing_extra("opentelemetry-proto", "otlp") from exc
+from instrument.core.batch import Batch
+from instrument.storage.otlp_metrics import (
+    DURATION,
+    DURATION_BOUNDS,
+    DURATION_LIMITS,
+    SIZE_BOUNDS,
+    SIZE_EXPONENTS,
+    SIZES,
+    SYSTEM,
+    Point,
+    SeriesKey,
+    attributes,
+    encode,
+    metrics_service_pb2,
+    version,
+)
 
 __all__ = ["DURATION_BOUNDS", "SIZE_BOUNDS", "OTLPBackend", "OTLPExportError", "redact"]
 
 log = logging.getLogger("instrument")
 _CLOSE_TIMEOUT = 3.0  # seconds the last export at shutdown may take
-
-#: Explicit bounds in seconds: 2**k ms for k = -2..14, edges of the fine latency buckets.
-DURATION_BOUNDS = tuple(2.0 ** k / 1000.0 for k in range(-2, 15))
-_DURATION_LIMITS = tuple(PER_DOUBLING * k for k in range(-2, 15))  # fine index < limit
-#: Explicit bounds in bytes: 4**k from 64 B to 64 MiB (size bucket b holds 2**(b-1) < n <= 2**b).
-SIZE_BOUNDS = tuple(float(2 ** e) for e in range(6, 27, 2))
-_SIZE_EXPONENTS = tuple(range(6, 27, 2))
-
-CUMULATIVE = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
-DELTA = metrics_pb2.AGGREGATION_TEMPORALITY_DELTA
-
-_HIST = "histogram"
-_SUM = "sum"  # monotonic
-_UPDOWN = "updown"  # non-monotonic sum
-_GAUGE = "gauge"
-
-#: metric name -> (kind of point, unit, description)
-METRICS: dict[str, tuple[str, str, str]] = {
-    "http.server.request.duration": (_HIST, "s", "Duration of HTTP server requests."),
-    "http.server.request.body.size": (_HIST, "By", "Size of HTTP server request bodies."),
-    "http.server.response.body.size": (_HIST, "By", "Size of HTTP server response bodies."),
-    "http.server.active_requests": (_UPDOWN, "{request}",
-                                    "Number of active HTTP server requests."),
-    "http.client.request.duration": (_HIST, "s", "Duration of HTTP client requests."),
-    "http.client.request.body.size": (_HIST, "By", "Size of HTTP client request bodies."),
-    "http.client.response.body.size": (_HIST, "By", "Size of HTTP client response bodies."),
-    "instrument.function.duration": (_HIST, "s", "Duration of calls of decorated functions."),
-    "instrument.exceptions": (_SUM, "{exception}",
-                              "Exceptions raised by requests, outgoing calls and functions."),
-}
-_DURATION = {"http": "http.server.request.duration", "client": "http.client.request.duration",
-             "call": "instrument.function.duration"}
-_SIZES = {("http", "request_size"): "http.server.request.body.size",
-          ("http", "response_size"): "http.server.response.body.size",
-          ("client", "request_size"): "http.client.request.body.size",
-          ("client", "response_size"): "http.client.response.body.size"}
-
-_MB = 1024.0 * 1024.0
-#: system reading column -> (metric, unit, scale, extra attributes, description)
-_SYSTEM: dict[str, tuple[str, str, float, tuple[tuple[str, Any], ...], str]] = {
-    "cpu_percent": ("system.cpu.utilization", "1", 0.01, (), "Machine CPU use (0-1)."),
-    "memory_percent": ("system.memory.utilization", "1", 0.01, (),
-                       "Machine memory in use (0-1)."),
-    "memory_used_mb": ("system.memory.usage", "By", _MB, (("system.memory.state", "used"),),
-                       "Machine memory in use."),
-    "disk_usage_percent": ("system.filesystem.utilization", "1", 0.01, (),
-                           "Share of the watched filesystem in use (0-1)."),
-    "process_rss_mb": ("process.memory.usage", "By", _MB, (), "Resident memory of the process."),
-    "process_cpu_percent": ("process.cpu.utilization", "1", 0.01, (),
-                            "CPU use of the process (1 = one core)."),
-    "process_threads": ("process.thread.count", "{thread}", 1.0, (), "Threads of the process."),
-    "process_open_files": ("process.open_file_descriptor.count", "{file_descriptor}", 1.0, (),
-                           "Open files of the process."),
-}
 
 
 class OTLPExportError(Exception):
@@ -140,23 +90,6 @@ def redact(url: str) -> str:
     except ValueError:
         port = ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
-Attrs = tuple[tuple[str, Any], ...]
-SeriesKey = tuple[str, Attrs]
-
-
-class _Point:
-    """One series' accumulated value: a histogram's count, sum, buckets and max, or a number."""
-
-    __slots__ = ("buckets", "count", "max", "start", "total")
-
-    def __init__(self, start: int, width: int) -> None:
-        self.start = start
-        self.count = 0
-        self.total = 0.0  # histogram sum, or the value of a sum / gauge
-        self.buckets = [0] * width
-        self.max: float | None = None
 
 
 class OTLPBackend:
@@ -194,8 +127,8 @@ class OTLPBackend:
         now = time.time_ns()
         self._born = now
         self._window_start = now  # delta: start of the window since the previous export
-        self._totals: dict[SeriesKey, _Point] = {}  # cumulative: since each series began
-        self._fresh: dict[SeriesKey, _Point] = {}  # what came since the previous export
+        self._totals: dict[SeriesKey, Point] = {}  # cumulative: since each series began
+        self._fresh: dict[SeriesKey, Point] = {}  # what came since the previous export
         self._gauges: dict[SeriesKey, float] = {}
         self._in_flight: int | None = None
         self._in_flight_sent = 0  # delta: the value the previous export left the sum at
@@ -235,13 +168,13 @@ class OTLPBackend:
             log.warning("instrument: last OTLP export failed: %s", exc)
 
     # -- adding up --------------------------------------------------------
-    def _point(self, key: SeriesKey, width: int, now: int) -> tuple[_Point, _Point]:
+    def _point(self, key: SeriesKey, width: int, now: int) -> tuple[Point, Point]:
         total = self._totals.get(key)
         if total is None:
-            total = self._totals[key] = _Point(now, width)
+            total = self._totals[key] = Point(now, width)
         fresh = self._fresh.get(key)
         if fresh is None:
-            fresh = self._fresh[key] = _Point(self._window_start, width)
+            fresh = self._fresh[key] = Point(self._window_start, width)
         return total, fresh
 
     def _add(self, batch: Batch) -> None:
@@ -249,14 +182,14 @@ class OTLPBackend:
         changed = False
         size_sums: dict[tuple[str, str, str, str], float] = {}
         for (_minute, kind, name, method, status), r in batch.rollups.items():
-            metric = _DURATION.get(kind)
+            metric = DURATION.get(kind)
             if metric is None:
                 continue
             count, sum_ms, max_ms, hist = r[0], r[2], r[3], r[7]
-            attrs = _attributes(kind, name, method, status)
+            attrs = attributes(kind, name, method, status)
             counts = [0] * (len(DURATION_BOUNDS) + 1)
             for b, c in hist.items():
-                counts[bisect.bisect_right(_DURATION_LIMITS, b)] += c
+                counts[bisect.bisect_right(DURATION_LIMITS, b)] += c
             for p in self._point((metric, attrs), len(counts), now):
                 p.count += count
                 p.total += sum_ms / 1000.0
@@ -270,16 +203,16 @@ class OTLPBackend:
             changed = True
         sized: dict[SeriesKey, list[int]] = {}
         for (family, kind, name, method, bucket), c in batch.sizes.items():
-            metric = _SIZES.get((kind, family))
+            metric = SIZES.get((kind, family))
             if metric is None:
                 continue
-            attrs = _attributes(kind, name, method, 0)
+            attrs = attributes(kind, name, method, 0)
             counts = sized.setdefault((metric, attrs), [0] * (len(SIZE_BOUNDS) + 1))
-            counts[bisect.bisect_left(_SIZE_EXPONENTS, int(bucket))] += c
+            counts[bisect.bisect_left(SIZE_EXPONENTS, int(bucket))] += c
             size_sums.setdefault((kind, family, str(name), str(method)), 0.0)
         for (kind, family, name, method), value in size_sums.items():
-            metric = _SIZES[(kind, family)]
-            attrs = _attributes(kind, name, method, 0)
+            metric = SIZES[(kind, family)]
+            attrs = attributes(kind, name, method, 0)
             counts = sized.get((metric, attrs), [0] * (len(SIZE_BOUNDS) + 1))
             for p in self._point((metric, attrs), len(counts), now):
                 p.count += sum(counts)
@@ -295,7 +228,7 @@ class OTLPBackend:
             changed = True
         for sample in batch.other.get("system", ()):
             reading = sample[2] if len(sample) > 2 and isinstance(sample[2], dict) else {}
-            for column, (metric, _unit, scale, extra, _doc) in _SYSTEM.items():
+            for column, (metric, _unit, scale, extra, _doc) in SYSTEM.items():
                 value = reading.get(column)
                 if value is None:
                     continue
@@ -314,62 +247,15 @@ class OTLPBackend:
     # -- exporting --------------------------------------------------------
     def request(self) -> metrics_service_pb2.ExportMetricsServiceRequest:
         """The ExportMetricsServiceRequest the next export would send."""
-        now = time.time_ns()
         cumulative = self.temporality == "cumulative"
-        temporality = CUMULATIVE if cumulative else DELTA
-        points = self._totals if cumulative else self._fresh
-        metrics: dict[str, metrics_pb2.Metric] = {}
-
-        def metric(name: str, unit: str | None = None, doc: str | None = None
-                   ) -> metrics_pb2.Metric:
-            m = metrics.get(name)
-            if m is None:
-                kind, default_unit, default_doc = METRICS.get(name, (_GAUGE, "", ""))
-                m = metrics[name] = metrics_pb2.Metric(
-                    name=name, unit=unit if unit is not None else default_unit,
-                    description=doc if doc is not None else default_doc)
-                if kind == _HIST:
-                    m.histogram.aggregation_temporality = temporality
-                elif kind in (_SUM, _UPDOWN):
-                    m.sum.aggregation_temporality = temporality
-                    m.sum.is_monotonic = kind == _SUM
-            return m
-
-        for (name, attrs), p in sorted(points.items(), key=_order):
-            kind = METRICS[name][0]
-            m = metric(name)
-            start = p.start if cumulative else self._window_start
-            if kind == _HIST:
-                hp = m.histogram.data_points.add(
-                    start_time_unix_nano=start, time_unix_nano=now, count=p.count, sum=p.total,
-                    bucket_counts=p.buckets,
-                    explicit_bounds=DURATION_BOUNDS if name.endswith("duration") else SIZE_BOUNDS)
-                if p.max is not None and p.count:
-                    hp.max = p.max
-                hp.attributes.extend(_key_values(attrs))
-            else:
-                sp = m.sum.data_points.add(start_time_unix_nano=start, time_unix_nano=now,
-                                           as_int=int(p.total))
-                sp.attributes.extend(_key_values(attrs))
+        active = None
         if self._in_flight is not None:
-            m = metric("http.server.active_requests")
             active = self._in_flight if cumulative else self._in_flight - self._in_flight_sent
-            m.sum.data_points.add(start_time_unix_nano=self._born if cumulative
-                                  else self._window_start, time_unix_nano=now, as_int=active)
-        for (name, attrs), value in sorted(self._gauges.items(), key=_order):
-            column = next(c for c, spec in _SYSTEM.items() if spec[0] == name)
-            _, unit, _, _, doc = _SYSTEM[column]
-            gp = metric(name, unit, doc).gauge.data_points.add(time_unix_nano=now,
-                                                                 as_double=value)
-            gp.attributes.extend(_key_values(attrs))
-        resource = resource_pb2.Resource(attributes=_key_values((
-            ("service.name", self.service_name), ("service.instance.id", self.instance_id),
-            ("host.name", self.host_name), ("process.pid", self.pid),
-            ("telemetry.sdk.name", "instrument-kit"), ("telemetry.sdk.language", "python"))))
-        scope = common_pb2.InstrumentationScope(name="instrument", version=_version())
-        return metrics_service_pb2.ExportMetricsServiceRequest(resource_metrics=[
-            metrics_pb2.ResourceMetrics(resource=resource, scope_metrics=[
-                metrics_pb2.ScopeMetrics(scope=scope, metrics=list(metrics.values()))])])
+        resource = (("service.name", self.service_name), ("service.instance.id", self.instance_id),
+                    ("host.name", self.host_name), ("process.pid", self.pid))
+        return encode(self._totals if cumulative else self._fresh, self._gauges, active,
+                      cumulative=cumulative, window_start=self._window_start, born=self._born,
+                      resource=resource)
 
     def export(self, timeout: float | None = None) -> None:
         """POST everything now; raise :class:`OTLPExportError` when it was not accepted."""
@@ -389,7 +275,7 @@ class OTLPBackend:
 
     def _post(self, body: bytes, timeout: float) -> None:
         headers = {**self._headers, "Content-Type": "application/x-protobuf",
-                   "User-Agent": f"instrument-kit/{_version()}"}
+                   "User-Agent": f"instrument-kit/{version()}"}
         req = urllib.request.Request(self.endpoint, data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -418,50 +304,6 @@ class OTLPBackend:
                         rejected, response.partial_success.error_message[:200])
 
 
-def _attributes(kind: str, name: Any, method: Any, status: Any) -> Attrs:
-    """Semantic-convention attributes of one series (status 0: none recorded)."""
-    name = str(name)
-    out: list[tuple[str, Any]] = []
-    if kind == "http":
-        if name != UNMATCHED:
-            out.append(("http.route", name))
-        out.append(("http.request.method", str(method) or "_OTHER"))
-    elif kind == "client":
-        host, _, template = name.partition("/")
-        out.append(("server.address", host))
-        if template:
-            out.append(("url.template", "/" + template))
-        out.append(("http.request.method", str(method) or "_OTHER"))
-    else:
-        out.append(("code.function.name", name))
-    code = int(status or 0)
-    if code:
-        out.append(("http.response.status_code", code))
-        if code >= 500:
-            out.append(("error.type", str(code)))
-    return tuple(out)
-
-
-def _key_values(attrs: Iterable[tuple[str, Any]]) -> list[common_pb2.KeyValue]:
-    out = []
-    for key, value in attrs:
-        if isinstance(value, bool):
-            any_value = common_pb2.AnyValue(bool_value=value)
-        elif isinstance(value, int):
-            any_value = common_pb2.AnyValue(int_value=value)
-        elif isinstance(value, float):
-            any_value = common_pb2.AnyValue(double_value=value)
-        else:
-            any_value = common_pb2.AnyValue(string_value=str(value))
-        out.append(common_pb2.KeyValue(key=key, value=any_value))
-    return out
-
-
-def _order(item: tuple[SeriesKey, Any]) -> tuple[str, str]:
-    (name, attrs), _ = item
-    return name, repr(attrs)
-
-
 def _status_text(exc: urllib.error.HTTPError) -> str:
     """What a refusing receiver said (its Status message, or the body's first bytes)."""
     try:
@@ -481,17 +323,3 @@ def _status_text(exc: urllib.error.HTTPError) -> str:
         pass
     text = body.decode("utf-8", "replace")[:200]
     return f": {text}" if text.isprintable() else ""
-
-
-_VERSION: list[str] = []
-
-
-def _version() -> str:
-    if not _VERSION:
-        try:
-            from importlib.metadata import version
-
-            _VERSION.append(version("instrument-kit"))
-        except Exception:
-            _VERSION.append("0")
-    return _VERSION[0]
