@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 
-from tests.servers import HOST, listening_socket, query, wait_until
+from tests.servers import HOST, in_threads, listening_socket, query, wait_until
 
 SITE = Path(__file__).resolve().parent / "django_site"
 ROOT = SITE.parent.parent
@@ -67,31 +67,22 @@ def load(url: str, total: int, threads: int, *, stream: str = "stream") -> Count
     """``total`` mixed requests from ``threads`` threads; what each answered, as rows to expect."""
     answered: Counter[Row] = Counter()
     lock = threading.Lock()
-    errors: list[BaseException] = []
     per = total // threads
 
     def client(c: int) -> None:
-        try:
-            with requests.Session() as s:
-                for k in range(per):
-                    i = c * per + k
-                    method, pattern, template = KINDS[i % len(KINDS)]
-                    target = pattern.format(i=i, j=i % 100, stream=stream)
-                    body = b"u" * (i % 50) if method == "POST" else None
-                    r = s.request(method, url + target, data=body, timeout=30)
-                    row = (template.replace("{stream}", stream), method, r.status_code,
-                           len(body or b""), len(r.content))
-                    with lock:
-                        answered[row] += 1
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
+        with requests.Session() as s:
+            for k in range(per):
+                i = c * per + k
+                method, pattern, template = KINDS[i % len(KINDS)]
+                target = pattern.format(i=i, j=i % 100, stream=stream)
+                body = b"u" * (i % 50) if method == "POST" else None
+                r = s.request(method, url + target, data=body, timeout=30)
+                row = (template.replace("{stream}", stream), method, r.status_code,
+                       len(body or b""), len(r.content))
+                with lock:
+                    answered[row] += 1
 
-    pool = [threading.Thread(target=client, args=(c,)) for c in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join(300)
-    assert not errors, errors[0]
+    in_threads(client, threads, timeout=300)
     assert sum(answered.values()) == per * threads
     return answered
 

@@ -107,6 +107,35 @@ def settled_count(db: Path | str, expected: int, *, flush: bool = True, timeout:
     return count()
 
 
+# -- driving an app from the test ----------------------------------------------
+def in_threads(target: Callable[[int], None], threads: int, timeout: float = 60.0,
+               explain: Callable[[], str] | None = None) -> None:
+    """Run ``target(n)`` for n in range(threads), all at once; fail on any thread's error
+    (the first one, or what ``explain`` says, such as a server's output)."""
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            target(n)
+        except BaseException as exc:  # reported by the calling thread
+            errors.append(exc)
+
+    workers = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(timeout)
+    assert not errors, explain() if explain else errors[0]
+
+
+def asgi_scope(path: str, method: str = "GET") -> dict[str, Any]:
+    """A plain HTTP scope, for calling an ASGI app directly without a server."""
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+            "root_path": "", "query_string": b"", "headers": [],
+            "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+
+
 # -- werkzeug (threaded) -------------------------------------------------------
 @contextlib.contextmanager
 def werkzeug_server(app: Any) -> Iterator[str]:

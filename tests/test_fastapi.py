@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 
 from instrument.asgi import InstrumentMiddleware
 from instrument.fastapi import instrument_app
-from tests.servers import query, settled_count, uvicorn_server
+from tests.servers import asgi_scope, query, settled_count, uvicorn_server
 
 STREAM_CHUNKS, STREAM_CHUNK, STREAM_PAUSE = 4, b"f" * 4096, 0.1
 BACKGROUND_SLEEP = 0.5
@@ -171,10 +171,7 @@ def test_endpoint_exception_propagates_unchanged(db_path: Path,
     """Calling the FastAPI app directly, the endpoint's own exception object comes out."""
     app = make_app(background_done)
     sent: list[dict[str, Any]] = []
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-             "method": "GET", "scheme": "http", "path": "/boom", "raw_path": b"/boom",
-             "root_path": "", "query_string": b"", "headers": [],
-             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    scope = asgi_scope("/boom")
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}

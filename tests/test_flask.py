@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ from flask import Flask, Response, request
 
 import instrument
 from instrument.flask import Instrument
-from tests.servers import query, settled_count, werkzeug_server
+from tests.servers import in_threads, query, settled_count, werkzeug_server
 
 STREAM_CHUNKS = 5
 STREAM_CHUNK = b"s" * 3000
@@ -104,23 +103,14 @@ def test_concurrent_clients_lose_nothing(url: str, db_path: Path) -> None:
     """8 client threads x 500 requests give exactly 4000 rows and 4000 in the rollups."""
     threads, per_thread = 8, 500
     ok = [0] * threads
-    errors: list[BaseException] = []
 
     def client(n: int) -> None:
-        try:
-            with requests.Session() as s:
-                for i in range(per_thread):
-                    if s.get(f"{url}/items/{n * per_thread + i}").status_code == 200:
-                        ok[n] += 1
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
+        with requests.Session() as s:
+            for i in range(per_thread):
+                if s.get(f"{url}/items/{n * per_thread + i}").status_code == 200:
+                    ok[n] += 1
 
-    workers = [threading.Thread(target=client, args=(n,)) for n in range(threads)]
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join(90)
-    assert not errors
+    in_threads(client, threads, timeout=90)
     assert sum(ok) == threads * per_thread
     assert settled_count(db_path, 4000) == 4000
     assert query(db_path, "SELECT endpoint, COUNT(*) FROM api_metrics GROUP BY 1") == [

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.servers import GunicornProcess, gunicorn_server, query, wait_until
+from tests.servers import GunicornProcess, gunicorn_server, in_threads, query, wait_until
 
 CLIENTS, PER_CLIENT = 4, 50
 TOTAL = CLIENTS * PER_CLIENT
@@ -55,25 +55,15 @@ def load(server: GunicornProcess) -> Counter[int]:
     """CLIENTS threads send PER_CLIENT requests each; returns answers per worker pid."""
     answered: Counter[int] = Counter()
     lock = threading.Lock()
-    errors: list[BaseException] = []
-
     def client(c: int) -> None:
-        try:
-            with requests.Session() as s:
-                for i in range(PER_CLIENT):
-                    r = s.get(f"{server.url}/work/{c * PER_CLIENT + i}", timeout=10)
-                    r.raise_for_status()
-                    with lock:
-                        answered[int(r.text)] += 1
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
+        with requests.Session() as s:
+            for i in range(PER_CLIENT):
+                r = s.get(f"{server.url}/work/{c * PER_CLIENT + i}", timeout=10)
+                r.raise_for_status()
+                with lock:
+                    answered[int(r.text)] += 1
 
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(CLIENTS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, server.output()
+    in_threads(client, CLIENTS, timeout=60, explain=server.output)
     return answered
 
 

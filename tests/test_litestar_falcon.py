@@ -10,7 +10,6 @@ framework answers itself recorded with their real status (and type, for a 500).
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager
@@ -30,7 +29,14 @@ from litestar.response import Stream
 import instrument
 import instrument.falcon
 import instrument.litestar
-from tests.servers import query, settled_count, uvicorn_server, werkzeug_server
+from tests.servers import (
+    asgi_scope,
+    in_threads,
+    query,
+    settled_count,
+    uvicorn_server,
+    werkzeug_server,
+)
 
 STREAM_CHUNKS, STREAM_CHUNK, STREAM_PAUSE = 4, b"f" * 4096, 0.1
 FAILURE = NotImplementedError("handler failed")
@@ -182,40 +188,31 @@ def test_concurrent_mixed_requests_recorded_exactly(url: str, framework: Framewo
     """4 threads x 60 mixed requests: every answered request once, with its status and bytes."""
     threads, per_thread = 4, 60
     answered: list[list[tuple[str, str, int, int, int]]] = [[] for _ in range(threads)]
-    errors: list[BaseException] = []
 
     def client(n: int) -> None:
-        try:
-            with httpx.Client(base_url=url) as c:
-                for i in range(per_thread):
-                    kind = i % 4
-                    if kind == 0:
-                        body = b"q" * (100 + n * per_thread + i)
-                        r = c.post(f"/items/{i}", content=body)
-                        answered[n].append(("POST", framework.item_template, r.status_code,
-                                            len(body), len(r.content)))
-                        assert r.json() == {"received": len(body)}
-                    elif kind == 1:
-                        r = c.get(f"/items/{i}")
-                        answered[n].append(("GET", framework.item_template, r.status_code, 0,
-                                            len(r.content)))
-                    elif kind == 2:
-                        r = c.get(f"/missing/{i}")
-                        answered[n].append(("GET", "__unmatched__", r.status_code, 0,
-                                            len(r.content)))
-                    else:
-                        r = c.get("/conflict")
-                        answered[n].append(("GET", "/conflict", r.status_code, 0,
-                                            len(r.content)))
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
+        with httpx.Client(base_url=url) as c:
+            for i in range(per_thread):
+                kind = i % 4
+                if kind == 0:
+                    body = b"q" * (100 + n * per_thread + i)
+                    r = c.post(f"/items/{i}", content=body)
+                    answered[n].append(("POST", framework.item_template, r.status_code,
+                                        len(body), len(r.content)))
+                    assert r.json() == {"received": len(body)}
+                elif kind == 1:
+                    r = c.get(f"/items/{i}")
+                    answered[n].append(("GET", framework.item_template, r.status_code, 0,
+                                        len(r.content)))
+                elif kind == 2:
+                    r = c.get(f"/missing/{i}")
+                    answered[n].append(("GET", "__unmatched__", r.status_code, 0,
+                                        len(r.content)))
+                else:
+                    r = c.get("/conflict")
+                    answered[n].append(("GET", "/conflict", r.status_code, 0,
+                                        len(r.content)))
 
-    workers = [threading.Thread(target=client, args=(n,)) for n in range(threads)]
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join(60)
-    assert not errors
+    in_threads(client, threads)
     expected = sorted(row for rows in answered for row in rows)
     assert len(expected) == threads * per_thread
     assert {row[2] for row in expected} == {200, 201, 404, 409}
@@ -300,10 +297,7 @@ def test_falcon_unhandled_exception_passes_through(asgi: bool, db_path: Path) ->
             raise ex
 
         app.add_error_handler(Exception, reraise)
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-                 "method": "GET", "scheme": "http", "path": "/boom", "raw_path": b"/boom",
-                 "root_path": "", "query_string": b"", "headers": [],
-                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+        scope = asgi_scope("/boom")
 
         async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": b"", "more_body": False}
