@@ -239,11 +239,11 @@ class InstrumentMiddleware:
                 tok = _set(ex)
         t0 = perf_counter()
         next(_started)
-        exc: type[BaseException] | None = None
+        exc: BaseException | None = None
         try:
             await self.app(scope, ex.receive, ex.send)
         except BaseException as e:
-            exc = type(e)
+            exc = e
             raise
         finally:
             t1 = ex.t_end or perf_counter()
@@ -264,6 +264,7 @@ class InstrumentMiddleware:
                 disc = ex.disc
             sample = (KIND_HTTP, t0, t1, ex.tf, route, scope["method"], status, ex.qb, ex.rb,
                       exc or scope.get(EXC_KEY), disc)
+            exc = None  # the flusher has it (its group): no frame -> exception cycle kept here
             # Recorder.add, inlined: a bounded append, or an exact drop count
             n = len(_buf)
             if n < _rec.cap:

@@ -166,7 +166,7 @@ def _postrun(sender: Any = None, task: Any = None, retval: Any = None, state: An
             outcome = _OUTCOMES.get(state) or str(state).lower()
             exc = None
             if outcome == "failure":
-                exc = type(retval) if isinstance(retval, BaseException) else None
+                exc = retval if isinstance(retval, BaseException) else None
             elif outcome == "retry":
                 reason = getattr(retval, "exc", None)
                 exc = type(reason) if isinstance(reason, BaseException) else None

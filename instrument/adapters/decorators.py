@@ -72,7 +72,7 @@ def _make_wrapper(func: Callable[..., Any], name: str) -> Callable[..., Any]:
             try:
                 result = await wrapped(*args, **kwargs)
             except BaseException as e:
-                add((KIND_CALL, t0, perf_counter(), name, type(e)))
+                add((KIND_CALL, t0, perf_counter(), name, e))
                 raise
             add((KIND_CALL, t0, perf_counter(), name, None))
             return result
@@ -85,7 +85,7 @@ def _make_wrapper(func: Callable[..., Any], name: str) -> Callable[..., Any]:
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as e:
-            add((KIND_CALL, t0, perf_counter(), name, type(e)))
+            add((KIND_CALL, t0, perf_counter(), name, e))
             raise
         # Recorder.add inlined on the success path: the call would cost as much as the work
         n = len(buf)
@@ -100,20 +100,20 @@ def _make_wrapper(func: Callable[..., Any], name: str) -> Callable[..., Any]:
 
 
 def _timed_gen(gen: Iterator[Any], name: str, t0: float) -> Iterator[Any]:
-    exc: type[BaseException] | None = None
+    exc: BaseException | None = None
     try:
         return (yield from gen)
     except GeneratorExit:
         raise
     except BaseException as e:
-        exc = type(e)
+        exc = e
         raise
     finally:
         _rec.add((KIND_CALL, t0, perf_counter(), name, exc))
 
 
 async def _timed_agen(agen: AsyncIterator[Any], name: str, t0: float) -> AsyncIterator[Any]:
-    exc: type[BaseException] | None = None
+    exc: BaseException | None = None
     asend = agen.asend  # type: ignore[attr-defined]
     athrow = agen.athrow  # type: ignore[attr-defined]
     try:
@@ -135,7 +135,7 @@ async def _timed_agen(agen: AsyncIterator[Any], name: str, t0: float) -> AsyncIt
     except GeneratorExit:
         raise
     except BaseException as e:
-        exc = type(e)
+        exc = e
         raise
     finally:
         _rec.add((KIND_CALL, t0, perf_counter(), name, exc))
@@ -195,7 +195,7 @@ def _sync_call(func: Callable[..., Any], name: str) -> Callable[..., Any]:
         try:
             result = func(*args, **kwargs)
         except BaseException as e:
-            add((KIND_CALL, t0, perf_counter(), name, type(e)))
+            add((KIND_CALL, t0, perf_counter(), name, e))
             raise
         n = len(buf)  # Recorder.add inlined, as in sync_wrapper
         if n < rec.cap:
@@ -251,7 +251,8 @@ class timer:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
         if _rt.state == ON:
-            _rec.add((KIND_CALL, self.t0, perf_counter(), self.name, et))
+            _rec.add((KIND_CALL, self.t0, perf_counter(), self.name,
+                      ev if ev is not None else et))
 
     async def __aenter__(self) -> timer:
         return self.__enter__()

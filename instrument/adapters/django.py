@@ -75,7 +75,7 @@ class _Exchange:
                  "tp")
     closed: bool
     done: bool
-    exc: type[BaseException] | None
+    exc: BaseException | None
     rb: int
     req: Any
     resp: Any
@@ -168,7 +168,7 @@ def _on_exception(sender: Any, request: Any = None, **extra: Any) -> None:
     import sys
 
     ex = getattr(request, REQUEST_ATTR, None)
-    kind = sys.exc_info()[0]
+    kind = sys.exc_info()[1]
     if ex is not None and kind is not None:
         ex.exc = kind
 
@@ -258,7 +258,7 @@ class InstrumentMiddleware:
         try:
             response = self.get_response(request)
         except BaseException as e:  # DEBUG_PROPAGATE_EXCEPTIONS, or not an Exception
-            ex.exc = type(e)
+            ex.exc = e
             ex.close()
             raise
         _answered(ex, response)
@@ -289,7 +289,7 @@ class _AsyncInstrumentMiddleware(InstrumentMiddleware):
         try:
             response = await self.get_response(request)
         except BaseException as e:  # a disconnect cancels the task; or propagated exceptions
-            ex.exc = type(e)
+            ex.exc = e
             ex.done = not isinstance(e, CancelledError)  # the client left before the answer
             ex.close()
             raise

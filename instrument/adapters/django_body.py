@@ -49,7 +49,7 @@ def count(ex: Any, body: Iterable[bytes]) -> Iterator[bytes]:
     except GeneratorExit:  # closed before the end: a client that went away
         raise
     except BaseException as e:
-        ex.exc = type(e)
+        ex.exc = e
         ex.done = True
         ex.close()  # ASGI Django never closes a response whose body raised
         raise
@@ -68,7 +68,7 @@ async def acount(ex: Any, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     except (GeneratorExit, CancelledError):  # the client left: Django cancels, then closes
         raise
     except BaseException as e:
-        ex.exc = type(e)
+        ex.exc = e
         ex.done = True
         ex.close()
         raise

@@ -64,11 +64,11 @@ def _wrap_default_handler(app: Any, is_asgi: bool) -> None:
         return  # the app's own Exception handler: its errors are handled ones
     if is_asgi:
         async def handler(req: Any, resp: Any, ex: Exception, params: Any, **kw: Any) -> None:
-            req.scope[asgi.EXC_KEY] = type(ex)
+            req.scope[asgi.EXC_KEY] = ex
             await default(req, resp, ex, params, **kw)
     else:
         def handler(req: Any, resp: Any, ex: Exception, params: Any, **kw: Any) -> None:  # type: ignore[misc]
-            req.env[wsgi.EXC_KEY] = type(ex)
+            req.env[wsgi.EXC_KEY] = ex
             default(req, resp, ex, params, **kw)
     app._error_handlers[Exception] = handler
 

@@ -95,7 +95,7 @@ def _response_class(base: type[Response]) -> type[Response]:
 
 
 def _on_exception(sender: Any, exception: BaseException, **extra: Any) -> None:
-    request.environ[EXC_KEY] = type(exception)
+    request.environ[EXC_KEY] = exception
 
 
 class Instrument:

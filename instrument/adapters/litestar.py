@@ -41,7 +41,7 @@ def _route(scope: Any, root0: str) -> str:
 
 async def _note_exception(exc: BaseException, scope: Any) -> None:
     if not isinstance(exc, HTTPException):
-        scope[EXC_KEY] = type(exc)
+        scope[EXC_KEY] = exc
 
 
 async def _flush_on_shutdown() -> None:

@@ -108,7 +108,7 @@ class _Exchange(list[bytes]):
     _w: Any
     done: bool
     env: dict[str, Any]
-    exc: type[BaseException] | None
+    exc: BaseException | None
     inp: Any
     rb: int
     rid: str | None
@@ -160,7 +160,11 @@ class _Exchange(list[bytes]):
         inp = self.inp
         t0 = self.t0
         route = env.get(ROUTE_KEY) or self.route or env.get("PATH_INFO")
-        status = "500" if exc else self.status
+        if exc:  # the exception itself goes to the flusher (its group); no cycle kept here
+            status = "500"
+            self.exc = None
+        else:
+            status = self.status
         # A candidate exemplar (instrument.core.exemplars) carries its details; the others,
         # nearly all once the flusher has published its cuts, pay these compares only.
         # (an exception made the status "500"; exemplars off: no cut is ever reached)
@@ -222,7 +226,7 @@ def _stream(ex: _Exchange, res: Iterable[bytes]) -> Iterator[bytes]:
     except GeneratorExit:  # abandoned mid-body: recorded as a disconnect
         raise
     except BaseException as e:
-        ex.exc = type(e)
+        ex.exc = e
         ex.done = True
         raise
     finally:
@@ -234,7 +238,7 @@ def _stream(ex: _Exchange, res: Iterable[bytes]) -> Iterator[bytes]:
             if close is not None:
                 close()
         except BaseException as e:
-            ex.exc = type(e)
+            ex.exc = e
             raise
         finally:
             ex.close()
@@ -314,7 +318,7 @@ class InstrumentMiddleware:
         try:
             res = self.app(environ, ex.start_response)
         except BaseException as e:
-            ex.exc = type(e)
+            ex.exc = e
             ex.close()  # records the failed request
             raise
         if res.__class__ is list:

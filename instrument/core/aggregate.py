@@ -13,8 +13,9 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from instrument.core.batch import OVERFLOW, UNMATCHED, Batch
+from instrument.core.batch import OVERFLOW, UNMATCHED, Batch, iso_utc
 from instrument.core.buffer import KIND_CALL, KIND_CLIENT, KIND_HTTP, KIND_TASK, KIND_TASK_WAIT
+from instrument.core.errors import Grouper
 from instrument.core.exemplars import Picker
 from instrument.core.histogram import PER_DOUBLING
 
@@ -55,9 +56,10 @@ class Aggregator:
     """Stateful across batches only for the cardinality guard and the clock."""
 
     def __init__(self, max_routes: int = 1000, raw_rows: bool = True,
-                 picker: Picker | None = None) -> None:
+                 picker: Picker | None = None, grouper: Grouper | None = None) -> None:
         self.max_routes = max_routes
         self.raw_rows = raw_rows
+        self.grouper = grouper if grouper is not None else Grouper()  # unhandled exceptions
         self.picker = picker  # chooses exemplars among the candidates adapters mark
         self._names: dict[str, set[str]] = {}
         self._clock = _Clock()
@@ -111,6 +113,9 @@ class Aggregator:
         floor, log2 = math.floor, _log2
         offer = self.picker.offer if self.picker is not None else None
         exemplars = batch.exemplar_values
+        grouper = self.grouper
+        offer_error = grouper.offer
+        errors = batch.error_values
         n = 0
         for s in samples:
             n += 1
@@ -131,13 +136,25 @@ class Aggregator:
                     name = guard(kind, name)
                 ms = (t1 - t0) * 1000.0
                 ttfb = (tf - t0) * 1000.0 if tf else None
-                exc_name = exc.__name__ if exc is not None else None
                 err = 1 if (status >= 500 or exc is not None) else 0
                 ts = t0 + offset
                 if ts >= sec_end or ts < sec_f:  # float compares: cheaper than int(ts)
                     sec = floor(ts)
                     sec_f, sec_end, minute = float(sec), sec + 1.0, sec - sec % 60
                     prefix = strftime("%Y-%m-%dT%H:%M:%S", gmtime(sec))
+                if exc is None:
+                    exc_name = None
+                elif isinstance(exc, BaseException) and status >= 500:  # grouped
+                    # (one a framework answered with a 4xx, its HTTPNotFound, is no bug)
+                    exc_name = exc.__class__.__name__
+                    detail = disc if disc.__class__ is tuple else None
+                    errors.extend(offer_error(
+                        exc, iso_utc(ts), minute, detail[1] if detail else None,
+                        _trace_id(detail[6]) if detail else None, kind, name, method, status,
+                        pid))
+                else:
+                    exc_name = (exc.__class__.__name__ if isinstance(exc, BaseException)
+                                else exc.__name__)
                 if disc.__class__ is tuple:  # a candidate exemplar, with its details
                     if offer is not None:
                         micro = floor((ts - sec_f) * 1e6)
@@ -168,13 +185,20 @@ class Aggregator:
                 if name not in seen[kind]:
                     name = guard(kind, name)
                 ms = (t1 - t0) * 1000.0
-                exc_name = exc.__name__ if exc is not None else None
                 err = 1 if (exc is not None or status >= 500) else 0
                 ts = t0 + offset
                 if ts >= sec_end or ts < sec_f:  # float compares: cheaper than int(ts)
                     sec = floor(ts)
                     sec_f, sec_end, minute = float(sec), sec + 1.0, sec - sec % 60
                     prefix = strftime("%Y-%m-%dT%H:%M:%S", gmtime(sec))
+                if exc is None:
+                    exc_name = None
+                elif isinstance(exc, BaseException):  # a @timed call that raised: grouped
+                    exc_name = exc.__class__.__name__
+                    errors.extend(offer_error(exc, iso_utc(ts), minute, None, None, kind, name,
+                                              method, status, pid))
+                else:
+                    exc_name = exc.__name__
                 if raw:
                     micro = floor((ts - sec_f) * 1e6)
                     calls.extend((prefix + dot3[micro // 1000] + d3[micro % 1000], kind, name,
@@ -188,13 +212,20 @@ class Aggregator:
                 if name not in seen[kind]:
                     name = guard(kind, name)
                 ms = (t1 - t0) * 1000.0
-                exc_name = exc.__name__ if exc is not None else None
                 err = 1 if method == "failure" else 0  # a retry or a revoke is not an error
                 ts = t0 + offset
                 if ts >= sec_end or ts < sec_f:
                     sec = floor(ts)
                     sec_f, sec_end, minute = float(sec), sec + 1.0, sec - sec % 60
                     prefix = strftime("%Y-%m-%dT%H:%M:%S", gmtime(sec))
+                if exc is None:
+                    exc_name = None
+                elif isinstance(exc, BaseException):  # a task that failed: grouped
+                    exc_name = exc.__class__.__name__
+                    errors.extend(offer_error(exc, iso_utc(ts), minute, None, None, kind, name,
+                                              method, 0, pid))
+                else:
+                    exc_name = exc.__name__
                 if raw:
                     micro = floor((ts - sec_f) * 1e6)
                     stamp = prefix + dot3[micro // 1000] + d3[micro % 1000]
@@ -243,6 +274,8 @@ class Aggregator:
                     skey = (family, kind, name, method, b)
                     sizes[skey] = sizes.get(skey, 0) + c
         acc.samples += n
+        if errors:
+            batch.error_groups = grouper.take()
         return batch
 
 
@@ -258,6 +291,15 @@ def _roll(rollups: dict[tuple[Any, ...], list[Any]], key: tuple[Any, ...], ms: f
     b = _MIN_INDEX if ms <= 0.0009765625 else math.floor(_log2(ms) * PER_DOUBLING)
     hist = r[7]
     hist[b] = hist.get(b, 0) + 1
+
+
+def _trace_id(traceparent: Any) -> str | None:
+    """The trace id in a ``traceparent`` (text or bytes), as exemplars store it."""
+    if not traceparent:
+        return None
+    if traceparent.__class__ is bytes:
+        traceparent = traceparent.decode("ascii")
+    return str(traceparent[3:35])
 
 
 def _status_code(line: str) -> int:

@@ -80,9 +80,10 @@ class Batch:
     cumulative totals the Prometheus exposition reads. ``in_flight`` is this process's
     reading of its HTTP requests in flight, set by the flusher (:mod:`instrument.core.inflight`).
     ``exemplar_values`` are the requests the flusher kept as exemplars (the slowest and
-    failing ones, :mod:`instrument.core.exemplars`), and ``origin`` says which process and
-    flusher the batch comes from (None for a batch built by hand: backends then use the host
-    name and count nothing for the kit).
+    failing ones, :mod:`instrument.core.exemplars`), ``error_values`` and ``error_groups``
+    the unhandled exceptions as occurrences and groups (:mod:`instrument.core.errors`),
+    and ``origin`` says which process and flusher the batch comes from (None for a batch
+    built by hand: backends then use the host name and count nothing for the kit).
     """
 
     request_values: list[Any] = field(default_factory=list)
@@ -96,6 +97,10 @@ class Batch:
     origin: Origin | None = None
     #: exemplar rows, flat (:data:`instrument.core.exemplars.EXEMPLAR_WIDTH` values a row)
     exemplar_values: list[Any] = field(default_factory=list)
+    #: error occurrence rows, flat (:data:`instrument.core.errors.OCCURRENCE_WIDTH` a row), and
+    #: the groups they belong to, one row each (:data:`instrument.core.errors.GROUP_WIDTH`)
+    error_values: list[Any] = field(default_factory=list)
+    error_groups: list[tuple[Any, ...]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.samples

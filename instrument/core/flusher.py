@@ -243,7 +243,7 @@ class Flusher:
                                                                 held.sizes)
                 batch.samples, held = held.samples, None
             if (batch.samples or batch.request_values or batch.call_values or batch.other
-                    or batch.exemplar_values):
+                    or batch.exemplar_values or batch.error_values):
                 last = self._queue(batch)
             if feed.slots < _DRAIN_LIMIT:
                 break

@@ -13,6 +13,7 @@ from typing import Any
 from instrument.dashboard import _params as p
 from instrument.dashboard._http import BadRequest, Response, json_response, problem
 from instrument.dashboard._pgstore import has_table
+from instrument.storage.error_query import group_of_request
 from instrument.storage.exemplar_query import find_requests, request_by_id
 
 __all__ = ["request_detail", "request_list"]
@@ -53,9 +54,12 @@ def request_detail(request_id: str, conn: Any) -> Response:
     if has_table(conn, "logs"):
         from instrument.storage.logsearch import request_logs
         logs = request_logs(conn, request_id)
-    if not rows and not logs:
+    group = None
+    if has_table(conn, "error_occurrences"):
+        group = group_of_request(conn, request_id)
+    if not rows and not logs and group is None:
         return problem(404, f"No request {request_id!r} was kept: only exemplars (the slowest"
                             " and failing requests of each route and minute) and requests"
                             " that logged are.")
     return json_response({"request_id": request_id, "request": rows[0] if rows else None,
-                          "others": rows[1:], "logs": logs, "error_group": None})
+                          "others": rows[1:], "logs": logs, "error_group": group})

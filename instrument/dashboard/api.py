@@ -24,10 +24,12 @@ from instrument.core.batch import iso_utc
 from instrument.dashboard import _health
 from instrument.dashboard import _params as p
 from instrument.dashboard._alerts import AlertsView, Conflict
+from instrument.dashboard._errors import error_detail, error_list
 from instrument.dashboard._http import BadRequest, Request, Response, json_response, problem
 from instrument.dashboard._openapi import OPENAPI
 from instrument.dashboard._pgstore import columns, has_table, open_connections, unavailable
 from instrument.dashboard._requests import request_detail, request_list
+from instrument.dashboard._routes import route_detail
 from instrument.dashboard._series import METRICS, HistogramCache, request_series
 from instrument.dashboard._store import latest_system
 from instrument.dashboard._syscache import SystemCache
@@ -111,7 +113,7 @@ class MonitoringAPI:
             "health": self.health, "metrics/summary": self.summary,
             "metrics/timeseries": self.timeseries, "metrics/system": self.system,
             "routes": self.routes, "alerts": self.alert_list, "logs": self.logs,
-            "requests": request_list,
+            "requests": request_list, "errors": self.errors,
             "openapi.json": lambda q, conn: json_response(OPENAPI),
         }
 
@@ -136,6 +138,11 @@ class MonitoringAPI:
                     return problem(405, "Use GET for a request.", [("Allow", "GET, HEAD")])
                 with self.db.connection() as conn:
                     return request_detail(sub[len("requests/"):], conn)
+            if parts[0] in ("routes", "errors") and len(sub) > len(parts[0]) + 1:
+                if request.method not in ("GET", "HEAD"):
+                    return problem(405, f"Use GET for {parts[0]}.", [("Allow", "GET, HEAD")])
+                with self.db.connection() as conn:
+                    return self._one(parts[0], sub[len(parts[0]) + 1:], request.query, conn)
             if len(parts) == 3 and parts[0] == "alerts" and parts[2] == "acknowledge":
                 if request.method != "POST":
                     return problem(405, "Use POST to acknowledge an alert.", [("Allow", "POST")])
@@ -241,6 +248,20 @@ class MonitoringAPI:
         rows.sort(key=lambda r: (r[sort] is None, -(r[sort] or 0), r["route"] or ""))
         return json_response({"from": start, "to": end, "kind": kind, "sort": sort,
                               "total": len(rows), "routes": rows[:limit]})
+
+    def errors(self, q: dict[str, str], conn: sqlite3.Connection) -> Response:
+        return error_list(q, conn, *self._window(q, 24.0))
+
+    def _one(self, what: str, key: str, q: dict[str, str], conn: sqlite3.Connection) -> Response:
+        """``routes/{route}`` (the template, URL-encoded) or ``errors/{group_id}``."""
+        start, end = self._window(q, 24.0)
+        if what == "errors":
+            return error_detail(key, conn, start, end)
+        if len(key) > 1000 or any(ord(c) < 32 for c in key):
+            raise BadRequest("That is not a route.")
+        kind = p.choice(q, "kind", KINDS, "http") or "http"
+        return route_detail(key, p.text(q, "method", max_length=16), kind, conn, start, end,
+                            _route_stats)
 
     def timeseries(self, q: dict[str, str], conn: sqlite3.Connection) -> Response:
         metrics = (q.get("metric") or "requests").split(",")

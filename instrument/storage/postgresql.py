@@ -28,6 +28,8 @@ from urllib.parse import unquote, urlsplit
 
 from instrument._errors import missing_extra
 from instrument.core.batch import EXEMPLAR_WIDTH, SYSTEM_COLUMNS, Batch, iso_utc
+from instrument.core.errors import OCCURRENCE_WIDTH
+from instrument.storage.error_rows import GROUP_UPSERT, delete_errors_before
 from instrument.storage.inflight import write_in_flight
 from instrument.storage.pg_schema import migrate
 from instrument.storage.pg_write import (
@@ -66,6 +68,12 @@ _API_COLUMNS = ("timestamp, endpoint, method, status_code, response_time_ms, req
 _EXEMPLAR_COLUMNS = ("timestamp, minute, request_id, trace_id, method, route, path, query,"
                      " status_code, duration_ms, ttfb_ms, request_bytes, response_bytes, client,"
                      " user_agent, exception, reason, pid, host")
+_OCCURRENCE_COLUMNS = ("timestamp, minute, group_id, request_id, trace_id, kind, route, method,"
+                       " status_code, pid, host")
+_UPSERT_GROUP = ("INSERT INTO error_groups (group_id, type, message, culprit, first_seen,"
+                 " last_seen, count, traceback, host) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                 + GROUP_UPSERT.format(t="error_groups.", lo="LEAST", hi="GREATEST")
+                 + ", host = excluded.host")
 _CALL_COLUMNS = "timestamp, kind, name, method, status_code, duration_ms, exception, pid, host"
 _SYSTEM_COLUMNS = f"timestamp, {', '.join(SYSTEM_COLUMNS)}, host"
 _APP_COLUMNS = "timestamp, name, kind, value, pid, host"
@@ -183,6 +191,10 @@ class PostgreSQLBackend:
             _copy(cur, "call_metrics", _CALL_COLUMNS, batch.calls, host)
             _copy(cur, "request_exemplars", _EXEMPLAR_COLUMNS,
                   list(zip(*[iter(batch.exemplar_values)] * EXEMPLAR_WIDTH, strict=True)), host)
+            _copy(cur, "error_occurrences", _OCCURRENCE_COLUMNS,
+                  list(zip(*[iter(batch.error_values)] * OCCURRENCE_WIDTH, strict=True)), host)
+            if batch.error_groups:  # in id order: concurrent writers lock rows alike
+                cur.executemany(_UPSERT_GROUP, [(*g, host) for g in sorted(batch.error_groups)])
             if rollups:
                 ROLLUPS.run(cur, [(*k, *v[:7], host) for k, v in rollups.items()])
                 BUCKETS.run(cur, [(*k, b, c, host) for k, v in rollups.items()
@@ -225,6 +237,7 @@ class PostgreSQLBackend:
         for table in ("metric_rollups", "metric_rollup_buckets", "request_exemplars"):
             removed += conn.execute(f"DELETE FROM {table} WHERE minute < %s",
                                     (minute,)).rowcount
+        removed += delete_errors_before(conn, cutoff_iso, minute, "%s")
         for period in (60, *COARSE_PERIODS):  # the period holding the cutoff is kept
             first = int(cutoff // period) * period
             for table in ("metric_rollups_coarse", "metric_histograms"):

@@ -127,3 +127,5 @@ def scrub(batch: Batch) -> None:
     batch.exceptions = _escaped(batch.exceptions)
     batch.sizes = _escaped(batch.sizes)
     batch.exemplar_values = _escaped(batch.exemplar_values)
+    batch.error_values = _escaped(batch.error_values)
+    batch.error_groups = _escaped(batch.error_groups)

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from instrument.core.batch import CALL_WIDTH, EXEMPLAR_WIDTH, REQUEST_WIDTH, Batch, iso_utc
 from instrument.core.forkguard import sqlite_section
+from instrument.storage.error_rows import delete_errors_before, write_errors
 from instrument.storage.rows import scrub
 from instrument.storage.sqlite_logs import delete_logs_before, write_logs
 from instrument.storage.sqlite_metrics import (
@@ -275,6 +276,8 @@ class SQLiteBackend:
             insert_values(conn, _INSERT_REQUEST, REQUEST_WIDTH, batch.request_values)
             insert_values(conn, _INSERT_CALL, CALL_WIDTH, batch.call_values)
             insert_values(conn, _INSERT_EXEMPLAR, EXEMPLAR_WIDTH, batch.exemplar_values)
+            if batch.error_values or batch.error_groups:
+                write_errors(conn, batch.error_values, batch.error_groups)
             if rollups:
                 insert_rows(conn, "INSERT INTO metric_rollups", 12,
                             [(*k, *v[:7]) for k, v in rollups.items()], _UPSERT_ROLLUP)
@@ -321,6 +324,7 @@ class SQLiteBackend:
         for table in ("metric_rollups", "metric_rollup_buckets", "request_exemplars"):
             removed += conn.execute(f"DELETE FROM {table} WHERE minute < ?",
                                     (minute,)).rowcount
+        removed += delete_errors_before(conn, cutoff_iso, minute)
         return removed
 
     def close(self) -> None:

@@ -263,6 +263,41 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS idx_request_exemplars_minute ON request_exemplars(minute);
     CREATE INDEX IF NOT EXISTS idx_request_exemplars_request_id ON request_exemplars(request_id);
     """,
+    # 7: error groups (instrument/core/errors.py): one row per group, its latest message and
+    # traceback (JSON: frames with file, line, function and source line, no locals), and one
+    # row per occurrence, which says where (kind, route, method) and which request.
+    """
+    CREATE TABLE IF NOT EXISTS error_groups (
+        group_id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        message TEXT,
+        culprit TEXT,
+        first_seen TEXT NOT NULL,
+        last_seen TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        traceback TEXT
+    );
+    CREATE INDEX IF NOT EXISTS idx_error_groups_last_seen ON error_groups(last_seen);
+    CREATE TABLE IF NOT EXISTS error_occurrences (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        timestamp TEXT NOT NULL,
+        minute INTEGER NOT NULL,
+        group_id TEXT NOT NULL,
+        request_id TEXT,
+        trace_id TEXT,
+        kind TEXT NOT NULL,
+        route TEXT NOT NULL,
+        method TEXT NOT NULL,
+        status_code INTEGER NOT NULL,
+        pid INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS idx_error_occurrences_group ON error_occurrences(group_id, minute);
+    CREATE INDEX IF NOT EXISTS idx_error_occurrences_minute ON error_occurrences(minute);
+    CREATE INDEX IF NOT EXISTS idx_error_occurrences_route
+        ON error_occurrences(route, method, minute);
+    CREATE INDEX IF NOT EXISTS idx_error_occurrences_request_id
+        ON error_occurrences(request_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
