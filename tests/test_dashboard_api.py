@@ -231,7 +231,8 @@ def test_alert_listing_and_openapi(server: DashboardServer) -> None:
     assert set(spec["paths"]) == {"/health", "/metrics/summary", "/metrics/timeseries",
                                   "/metrics/system", "/routes", "/alerts",
                                   "/alerts/{id}/acknowledge", "/logs", "/requests",
-                                  "/requests/{request_id}", "/openapi.json"}
+                                  "/requests/{request_id}", "/routes/{route}", "/errors",
+                                  "/errors/{group_id}", "/openapi.json"}
 
 
 # -- bad parameters ----------------------------------------------------------------------------

@@ -331,3 +331,81 @@ def test_a_stored_group_outlives_nothing_past_retention(db_path: Path) -> None:
     assert query(db_path, "SELECT count(*) FROM error_occurrences") == [(0,)]
     assert query(db_path, "SELECT count(*) FROM error_groups") == [(0,)]
     backend.close()
+
+
+# -- alerts that point at their cause ------------------------------------------------------
+def test_an_error_rate_alert_points_at_its_route_and_error_group(db_path: Path,
+                                                                tmp_path: Path) -> None:
+    """Webhook, Slack and the alerts table carry the failing route and the top error group."""
+    from flask import Flask
+
+    from instrument.alerting import AlertManager, AlertRule
+    from instrument.alerting.state import AlertSeverity
+    from instrument.backends.slack import SlackChannel
+    from instrument.backends.webhook import WebhookChannel
+    from instrument.flask import Instrument
+    from instrument.metrics_collector import MetricsCollector
+    from tests.alert_receivers import http_recorder
+    from tests.servers import werkzeug_server
+
+    instrument.configure(metrics_db=str(db_path), flush_interval=0.1)
+    app = Flask(__name__)
+
+    def charge(amount: int) -> int:
+        raise ConnectionError(f"payment gateway refused {amount}")
+
+    @app.post("/pay/<int:amount>")
+    def pay(amount: int) -> str:
+        return str(charge(amount))
+
+    @app.get("/ok")
+    def ok() -> str:
+        return "ok"
+
+    Instrument(app)
+    with werkzeug_server(app) as url:
+        for i in range(6):
+            assert requests.post(f"{url}/pay/{i}", timeout=10).status_code == 500
+            assert requests.get(f"{url}/ok", timeout=10).status_code == 200
+    assert instrument.flush(10.0)
+    group_id = groups(db_path)["ConnectionError"]["group_id"]
+    collector = MetricsCollector(db_path=str(db_path))
+    with http_recorder() as hook, http_recorder() as slack:
+        manager = AlertManager(db_path=str(tmp_path / "alerts.db"), default_rules=False,
+                               log_alerts=False, metrics_provider=collector.get_current_metrics)
+        try:
+            manager.add_channel(WebhookChannel(hook.url + "/hook"))
+            manager.add_channel(SlackChannel(slack.url + "/slack"))
+            manager.add_rule(AlertRule("errors", "Error rate high", AlertSeverity.HIGH,
+                                       "api.error_rate_percent > 10"))
+            manager.evaluate()
+            [sent] = hook.wait_for(1)
+            [posted] = slack.wait_for(1)
+            stored = manager.get_alerts()
+        finally:
+            manager.close()
+            collector.close()
+    notes = sent.body["alerts"][0]["annotations"]  # Alertmanager's webhook shape
+    assert notes["route"] == "POST /pay/<int:amount>"
+    assert notes["route_link"] == "/monitoring#/routes/%2Fpay%2F%3Cint%3Aamount%3E?method=POST"
+    assert notes["error_group"] == "ConnectionError"
+    assert notes["error_group_link"] == f"/monitoring#/errors/{group_id}"
+    cause = stored[0]["metadata"]["cause"]
+    assert cause["route"]["route"] == "/pay/<int:amount>" and cause["route"]["errors"] == 6
+    assert cause["error_group"]["group_id"] == group_id
+    fields = {f["title"]: f["value"] for f in posted.body["attachments"][0]["fields"]}
+    assert fields["Cause"].startswith("Likely cause: POST /pay/<int:amount> (6 errors")
+    assert f"/monitoring#/errors/{group_id}" in fields["Cause"]
+
+
+def test_a_latency_rule_points_at_the_slowest_route_and_others_at_nothing() -> None:
+    """cause_of: error figures -> most failing route, latency -> slowest, system -> none."""
+    from instrument.alerting.cause import cause_of
+
+    metrics = {"cause": {"error_route": {"route": "/a", "method": "GET", "errors": 3},
+                         "slow_route": {"route": "/b", "method": "GET", "p95_ms": 900.0},
+                         "error_group": None}}
+    assert cause_of("api.error_rate_percent", metrics)["route"]["route"] == "/a"
+    assert cause_of("api.p95_response_time_ms", metrics)["route"]["route"] == "/b"
+    assert cause_of("system.cpu_percent", metrics) is None
+    assert cause_of("api.request_count", metrics) is None

@@ -164,8 +164,8 @@ def _postrun(sender: Any = None, task: Any = None, retval: Any = None, state: An
         # time limit, a revoke with terminate); the main process reports the outcome.
         if state is not None and (_rt.state == ON or _live()):
             outcome = _OUTCOMES.get(state) or str(state).lower()
-            exc = None
-            if outcome == "failure":
+            exc: BaseException | type[BaseException] | None = None
+            if outcome == "failure":  # the exception itself: the flusher groups it
                 exc = retval if isinstance(retval, BaseException) else None
             elif outcome == "retry":
                 reason = getattr(retval, "exc", None)

@@ -196,6 +196,8 @@ def snapshot(rule: AlertRule, st: RuleState, now: float) -> Alert:
                             "labels": dict(rule.labels), "error": st.error}
     if isinstance(rule.condition, Threshold):
         meta["threshold"] = str(rule.condition)
+    if st.cause:
+        meta["cause"] = st.cause
     firing = st.state is AlertStatus.FIRING
     return Alert(
         id=st.alert_id or "", name=rule.name, description=rule.description,

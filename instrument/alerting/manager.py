@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from instrument.alerting.cause import cause_of
 from instrument.alerting.channels.base import AlertChannel, CallableChannel
 from instrument.alerting.config import (
     AlertSettings,
@@ -163,6 +164,8 @@ class AlertManager:
                     rule.name, RuleState(rule.name))
                 met, value, error = check(rule, metrics) if rule.enabled else (False, None, None)
                 st.value = value
+                if met:  # what it points at stays that of the window that met the condition
+                    st.cause = cause_of(getattr(rule.condition, "metric", None), metrics)
                 changes = step(rule, st, met, now, uuid.uuid4().hex)
                 if error != st.error:
                     changes.append(Change("no_data" if error else "data_ok", detail=error or ""))

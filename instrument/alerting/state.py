@@ -124,6 +124,7 @@ class RuleState:
     acknowledged_by: str | None = None
     value: float | None = None
     error: str | None = None
+    cause: dict[str, Any] | None = None  # route and error group when last met (alerting.cause)
 
 
 class StepParams(Protocol):

@@ -78,6 +78,11 @@ def in_app(filename: str) -> bool:
     return known
 
 
+def _qualname(code: Any) -> str:
+    """``Class.method`` where Python knows it (3.11+), else the function's name."""
+    return str(getattr(code, "co_qualname", code.co_name))
+
+
 def _type_name(cls: type) -> str:
     module = cls.__module__
     name = cls.__qualname__
@@ -99,7 +104,7 @@ def _frames(tb: Any) -> list[dict[str, Any]]:
     while tb is not None:
         code = tb.tb_frame.f_code
         line = tb.tb_lineno
-        out.append({"file": code.co_filename, "line": line, "function": code.co_qualname,
+        out.append({"file": code.co_filename, "line": line, "function": _qualname(code),
                     "code": linecache.getline(code.co_filename, line).strip() or None,
                     "in_app": in_app(code.co_filename)})
         tb = tb.tb_next
@@ -153,8 +158,8 @@ class Grouper:
             code = tb.tb_frame.f_code
             module = tb.tb_frame.f_globals.get("__name__") or os.path.basename(code.co_filename)
             text = linecache.getline(code.co_filename, tb.tb_lineno).strip()
-            parts = [_type_name(cls), str(module), code.co_qualname, text]
-            culprit = f"{module} in {code.co_qualname}"
+            parts = [_type_name(cls), str(module), _qualname(code), text]
+            culprit = f"{module} in {_qualname(code)}"
         digest = hashlib.sha1("\0".join(parts).encode("utf-8", "replace")).hexdigest()[:16]
         found = (digest, culprit)
         if len(self._ids) < _MAX_CACHE:

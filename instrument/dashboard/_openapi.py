@@ -112,6 +112,35 @@ OPENAPI: dict[str, Any] = {
              _q("sort", "Order by (descending).", {"type": "string", "enum": [
                  "requests", "errors", "error_rate", "p95", "p99", "avg", "max"]}),
              _q("limit", "Rows (1-1000).", {**_INT, "default": 100})], "routes"),
+        "/routes/{route}": {"get": {
+            "summary": "One route's page: totals and percentiles, latency histogram (one bar"
+                       " per doubling), status mix, slowest and failing exemplars, error"
+                       " groups, and whether the profiler has samples of it.",
+            "parameters": [{"name": "route", "in": "path", "required": True, "schema": _STR,
+                            "description": "The route template, URL-encoded (%2Fitems%2F"
+                                           "%7Bid%7D)."},
+                           _q("method", "HTTP method (default: the route's busiest).", _STR),
+                           _HOURS, _FROM, _TO, _KIND],
+            "responses": {"200": {"description": "the route"}, "400": _ERR,
+                          "401": {"description": "Not signed in."},
+                          "404": {"description": "not seen in the range"}}}},
+        "/errors": _get(
+            "Error groups seen in the range, most occurrences first: type, latest message"
+            " (redacted), culprit, first and last seen, count in the range and ever, routes,"
+            " and a sparkline (bucket_seconds a point).",
+            [_HOURS, _FROM, _TO, _q("route", "Only occurrences on this route.", _STR),
+             _q("method", "Only this method.", _STR),
+             _q("limit", "Groups (1-1000).", {**_INT, "default": 100})], "error groups"),
+        "/errors/{group_id}": {"get": {
+            "summary": "One error group: its latest traceback (frames with file, line, function"
+                       " and source line, in_app marked; no locals), routes, count per minute"
+                       " and recent occurrences with their request and trace ids.",
+            "parameters": [{"name": "group_id", "in": "path", "required": True,
+                            "schema": {"type": "string", "pattern": "^[0-9a-f]{16}$"}},
+                           _HOURS, _FROM, _TO],
+            "responses": {"200": {"description": "the group"}, "400": _ERR,
+                          "401": {"description": "Not signed in."},
+                          "404": {"description": "no such group"}}}},
         "/alerts": _get("Firing alerts, recent alerts and recent alert events.",
                         [_q("limit", "History rows (1-1000).", {**_INT, "default": 50})],
                         "alerts"),

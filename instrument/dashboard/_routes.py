@@ -53,11 +53,10 @@ def route_detail(route: str, method: str | None, kind: str, conn: Any, since: fl
     method = method or found[0]["method"]
     codes = entry.pop("status_codes")
     exemplars = has_table(conn, "request_exemplars")
-    common = {"route": route, "method": method, "since": since, "until": until}
-    slowest = find_requests(conn, reason="slow", order="slowest", limit=10,
-                            **common) if exemplars else []
-    failing = find_requests(conn, reason="error", order="newest", limit=10,
-                            **common) if exemplars else []
+    slowest = find_requests(conn, route=route, method=method, since=since, until=until,
+                            reason="slow", order="slowest", limit=10) if exemplars else []
+    failing = find_requests(conn, route=route, method=method, since=since, until=until,
+                            reason="error", order="newest", limit=10) if exemplars else []
     groups: list[dict[str, Any]] = []
     if has_table(conn, "error_groups"):
         groups = list_groups(conn, since, until, route=route, method=method, limit=20)[1]

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from instrument.core.batch import iso_utc
-from instrument.dashboard import _health
+from instrument.dashboard import _health, _shapes
 from instrument.dashboard import _params as p
 from instrument.dashboard._alerts import AlertsView, Conflict
 from instrument.dashboard._errors import error_detail, error_list
@@ -46,54 +46,6 @@ _MAX_POINTS = 1500
 _MAX_SPAN = 400 * 86400
 _SORTS = {"requests": "requests", "errors": "errors", "error_rate": "error_rate_percent",
           "p95": "p95_ms", "p99": "p99_ms", "avg": "avg_ms", "max": "max_ms"}
-
-
-def _route_stats(e: dict[str, Any]) -> dict[str, Any]:
-    """Our names for one row of :func:`instrument.queries.api_stats`."""
-    return {
-        "route": e.get("endpoint"), "method": e.get("method"),
-        "requests": e.get("request_count", 0), "rate_per_minute": e.get("requests_per_minute"),
-        "errors": e.get("error_count", 0), "error_rate_percent": e.get("error_rate_percent"),
-        "client_errors": e.get("client_error_count", 0),
-        "client_error_rate_percent": (100.0 * e.get("client_error_count", 0) / e["request_count"]
-                                      if e.get("request_count") else 0.0),
-        "avg_ms": e.get("avg_response_time_ms"), "p50_ms": e.get("p50_response_time_ms"),
-        "p95_ms": e.get("p95_response_time_ms"), "p99_ms": e.get("p99_response_time_ms"),
-        "max_ms": e.get("max_response_time_ms"), "avg_ttfb_ms": e.get("avg_ttfb_ms"),
-        "bytes_in": e.get("request_bytes", 0), "bytes_out": e.get("response_bytes", 0),
-        "status_codes": {str(k): v for k, v in (e.get("status_codes") or {}).items()},
-    }
-
-
-def _totals(api: dict[str, Any]) -> dict[str, Any]:
-    """The all-routes totals of :func:`instrument.queries.api_stats`, in our names."""
-    totals = _route_stats({**api, "endpoint": None, "method": None})
-    for key in ("route", "method"):
-        totals.pop(key)
-    return totals
-
-
-def _status_classes(codes: dict[str, int]) -> dict[str, int]:
-    classes: dict[str, int] = {}
-    for code, n in codes.items():
-        cls = f"{code[0]}xx" if code[:1].isdigit() and code != "0" else "other"
-        classes[cls] = classes.get(cls, 0) + n
-    return classes
-
-
-def _change(now: dict[str, Any], before: dict[str, Any]) -> dict[str, float | None]:
-    """Per numeric total, the relative change as a fraction: ``(now - before) / before``.
-
-    0.18 means 18 % more than the previous period, -0.5 half as much. None when the
-    previous value is 0 or missing (nothing to compare with), or the current one is missing.
-    """
-    out: dict[str, float | None] = {}
-    for key, value in now.items():
-        if key == "status_codes":
-            continue
-        old = before.get(key)
-        out[key] = (value - old) / old if old and value is not None else None
-    return out
 
 
 class MonitoringAPI:
@@ -220,21 +172,21 @@ class MonitoringAPI:
         system = self.system_cache.stats(conn, columns(conn, "system_metrics"), lo,
                                          (int(now // 60) + 1) * 60)
         api = s["api"]
-        totals = _totals(api)
+        totals = _shapes.totals(api)
         # The previous period of the same length, ending where this window starts: the
         # minutes of [lo - length, lo) (an end is the minute holding it, so lo - 1).
         earlier = queries.api_stats(conn, lo - length, lo - 1, kind=kind, top=1)["api"]
-        before = _totals(earlier)
+        before = _shapes.totals(earlier)
         return json_response({
             "hours": hours, "kind": kind, "window_start": api.get("window_start"),
             "generated_at": now, "requests": totals,
-            "status_classes": _status_classes(totals["status_codes"]),
+            "status_classes": _shapes.status_classes(totals["status_codes"]),
             "previous": {"hours": hours, "window_start": earlier["window_start"],
                          "window_end": iso_utc(lo), "requests": before,
-                         "status_classes": _status_classes(before["status_codes"])},
-            "change": _change(totals, before),
-            "slowest_routes": [_route_stats(e) for e in s.get("slowest_endpoints", ())],
-            "failing_routes": [_route_stats(e) for e in s.get("most_failing_endpoints", ())],
+                         "status_classes": _shapes.status_classes(before["status_codes"])},
+            "change": _shapes.change(totals, before),
+            "slowest_routes": [_shapes.route_stats(e) for e in s.get("slowest_endpoints", ())],
+            "failing_routes": [_shapes.route_stats(e) for e in s.get("most_failing_endpoints", ())],
             "system": system,
         })
 
@@ -244,7 +196,7 @@ class MonitoringAPI:
         sort = _SORTS[p.choice(q, "sort", _SORTS, "requests") or "requests"]
         limit = p.integer(q, "limit", 100, low=1, high=1000) or 100
         stats = queries.api_stats(conn, start, end, kind=kind, top=1)
-        rows = [_route_stats(e) for e in stats.get("endpoints", ())]
+        rows = [_shapes.route_stats(e) for e in stats.get("endpoints", ())]
         rows.sort(key=lambda r: (r[sort] is None, -(r[sort] or 0), r["route"] or ""))
         return json_response({"from": start, "to": end, "kind": kind, "sort": sort,
                               "total": len(rows), "routes": rows[:limit]})
@@ -261,7 +213,7 @@ class MonitoringAPI:
             raise BadRequest("That is not a route.")
         kind = p.choice(q, "kind", KINDS, "http") or "http"
         return route_detail(key, p.text(q, "method", max_length=16), kind, conn, start, end,
-                            _route_stats)
+                            _shapes.route_stats)
 
     def timeseries(self, q: dict[str, str], conn: sqlite3.Connection) -> Response:
         metrics = (q.get("metric") or "requests").split(",")

@@ -31,6 +31,7 @@ from instrument.core.batch import SYSTEM_COLUMNS
 from instrument.core.forkguard import sqlite_section
 from instrument.core.runtime import ON, runtime
 from instrument.storage import queries
+from instrument.storage.error_query import list_groups
 from instrument.system.reader import SystemMetrics, SystemReader
 
 __all__ = ["ApplicationMetrics", "MetricsCollector", "SystemMetrics"]
@@ -275,12 +276,18 @@ class MetricsCollector:
         if latest is None or (datetime.now(timezone.utc) - latest.timestamp).total_seconds() \
                 > 2 * self.interval:
             latest = self.collect_system_metrics()
+        api: dict[str, Any] = {}
+        cause: dict[str, Any] = {}
         with self._store_lock:
             conn = self._store()
-            api = ({} if conn is None else
-                   queries.api_stats(conn, time.time() - window_minutes * 60.0, top=0)["api"])
+            if conn is not None:
+                now = time.time()
+                stats = queries.api_stats(conn, now - window_minutes * 60.0, top=1)
+                api = stats["api"]
+                cause = _cause(conn, stats, now - window_minutes * 60.0, now)
         return {"timestamp": datetime.now(timezone.utc).isoformat(),
-                "system": latest.to_dict(), "api": api, "app": self.get_app_metrics()}
+                "system": latest.to_dict(), "api": api, "app": self.get_app_metrics(),
+                "cause": cause}
 
     def close(self) -> None:
         """Stop collecting, end the probe threads and close the summary connection."""
@@ -292,3 +299,26 @@ class MetricsCollector:
         if conn is not None:
             with sqlite_section():
                 conn[1].close()
+
+
+def _cause(conn: Any, stats: dict[str, Any], since: float, until: float) -> dict[str, Any]:
+    """The window's most failing and slowest route and its top error group, for alerts to
+    point at (:mod:`instrument.alerting.cause`)."""
+    def route(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+        if not entries:
+            return None
+        e = entries[0]
+        return {"route": e["endpoint"], "method": e["method"], "requests": e["request_count"],
+                "errors": e["error_count"], "p95_ms": e.get("p95_response_time_ms")}
+
+    out: dict[str, Any] = {"error_route": route(stats.get("most_failing_endpoints") or []),
+                           "slow_route": route(stats.get("slowest_endpoints") or [])}
+    try:
+        groups = list_groups(conn, since, until, limit=1)[1]
+    except sqlite3.OperationalError:  # a store from before error groups
+        groups = []
+    if groups:
+        g = groups[0]
+        out["error_group"] = {k: g.get(k) for k in ("group_id", "type", "message", "count")}
+    return out
+

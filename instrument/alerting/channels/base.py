@@ -144,6 +144,13 @@ def alert_annotations(event: AlertEvent) -> dict[str, str]:
     for key in ("value", "threshold", "error"):
         if a.metadata.get(key) is not None:
             out[key] = str(a.metadata[key])
+    cause = a.metadata.get("cause") or {}
+    if cause.get("route"):
+        out["route"] = f"{cause['route'].get('method', '')} {cause['route']['route']}".strip()
+        out["route_link"] = "/monitoring" + cause["route"]["link"]
+    if cause.get("error_group"):
+        out["error_group"] = str(cause["error_group"].get("type"))
+        out["error_group_link"] = "/monitoring" + cause["error_group"]["link"]
     if event.flapping:
         out["flapping"] = "true"
     if a.acknowledged_by:

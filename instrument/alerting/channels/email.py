@@ -17,6 +17,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
 
+from instrument.alerting.cause import cause_line
 from instrument.alerting.channels.base import DEFAULT_KINDS, DeliveryError, summary
 from instrument.alerting.state import AlertEvent
 
@@ -177,4 +178,7 @@ def _body(event: AlertEvent) -> str:
         lines.append(f"  resolved:  {a.resolved_at.isoformat()}")
     if "threshold" in a.metadata:
         lines.append(f"  condition: {a.metadata['threshold']}")
+    cause = cause_line(a.metadata)
+    if cause:
+        lines.append(f"  {cause}")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from instrument.alerting.cause import cause_line
 from instrument.alerting.channels.base import DEFAULT_KINDS, DeliveryError, redact_url, summary
 from instrument.alerting.channels.http import HTTPClient
 from instrument.alerting.state import AlertEvent
@@ -80,6 +81,9 @@ class SlackChannel:
             if "threshold" in a.metadata:
                 fields.append({"title": "Condition", "value": a.metadata["threshold"],
                                "short": True})
+            cause = cause_line(a.metadata)
+            if cause:
+                fields.append({"title": "Cause", "value": cause, "short": False})
             attachments.append({"color": color, "title": summary(e), "text": a.description,
                                 "fields": fields, "ts": int(e.at)})
         return {"text": head, "attachments": attachments}
