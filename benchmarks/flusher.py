@@ -103,6 +103,49 @@ def make_samples(n: int, *, seed: int = 7, minutes: float = 5.0) -> list[tuple[A
     return out
 
 
+def _site(i: int) -> BaseException:
+    """An exception raised from one of five places, with a real traceback."""
+    def lookup(key: str) -> Any:
+        return {}[key]
+
+    def parse(text: str) -> int:
+        return int(text)
+
+    def divide(n: int) -> float:
+        return 1 / n
+
+    def attribute(obj: Any) -> Any:
+        return obj.missing
+
+    def index(items: list[int]) -> int:
+        return items[3]
+
+    sites: list[Callable[[], Any]] = [lambda: lookup(f"k{i}"), lambda: parse(f"x{i}"),
+                                      lambda: divide(0), lambda: attribute(None),
+                                      lambda: index([])]
+    try:
+        sites[i % len(sites)]()
+    except Exception as e:
+        return e
+    raise AssertionError("did not raise")
+
+
+def with_errors(samples: list[tuple[Any, ...]], share: float, *, grouped: bool,
+                seed: int = 11) -> list[tuple[Any, ...]]:
+    """``share`` of the HTTP samples made unhandled exceptions (500, details for the
+    exemplar picker): as the exception objects adapters now keep (``grouped``, so the
+    flusher fingerprints each into a group) or as their bare types (counted only)."""
+    rng = random.Random(seed)
+    out = []
+    for i, s in enumerate(samples):
+        if s[0] == "http" and rng.random() < share:
+            exc = _site(i)
+            disc = (False, f"req-{i}", f"/items/{i}", "q=1", "127.0.0.1", "bench", None)
+            s = (*s[:6], 500, s[7], s[8], exc if grouped else type(exc), disc)
+        out.append(s)
+    return out
+
+
 def batches(samples: list[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
     for i in range(0, len(samples), size):
         yield samples[i:i + size]
@@ -238,7 +281,7 @@ def count_rows(db: str) -> dict[str, int]:
     with sqlite3.connect(db) as conn:
         return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                 for t in ("api_metrics", "call_metrics", "metric_rollups",
-                          "metric_rollup_buckets")}
+                          "metric_rollup_buckets", "error_groups", "error_occurrences")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     samples = make_samples(n)
     # Under load the samples arrive at the target rate: 100,000 of them in a second.
     loaded = make_samples(n, minutes=n / TARGET / 60.0)
+    failing = with_errors(samples, 0.10, grouped=True)
+    failing_types = with_errors(samples, 0.10, grouped=False)
     tmp = tempfile.mkdtemp(prefix="instrument-flusher-")
     atexit.register(shutil.rmtree, tmp, True)
     cases: list[tuple[str, bool, Callable[[str], int | tuple[int, float]]]] = [
@@ -263,6 +308,12 @@ def main(argv: list[str] | None = None) -> int:
         ("aggregate", False, lambda db: run_aggregate(samples, args.batch, False)),
         ("aggregate+sqlite", False, lambda db: run_sqlite(samples, args.batch, False, db)),
         ("flusher", False, lambda db: run_flusher(loaded, args.batch, False, db)),
+        # 10 % of requests failing: as exception types (counted), then as the exception
+        # objects the adapters keep (fingerprinted into error groups, one occurrence row each)
+        ("aggregate+sqlite, 10 % errors as types", True,
+         lambda db: run_sqlite(failing_types, args.batch, True, db)),
+        ("aggregate+sqlite, 10 % errors grouped", True,
+         lambda db: run_sqlite(failing, args.batch, True, db)),
     ]
     results: list[dict[str, Any]] = []
     rows: list[list[Any]] = []
@@ -288,7 +339,10 @@ def main(argv: list[str] | None = None) -> int:
                         "met": rate >= TARGET if verdict else None})
         rows.append([name, "yes" if raw else "no", done, seconds / done * 1e6, rate, done / wall,
                      stored.get("api_metrics", 0) + stored.get("call_metrics", 0),
-                     stored.get("metric_rollups", 0), verdict])
+                     stored.get("metric_rollups", 0),
+                     verdict or (f"{stored['error_groups']} groups, "
+                                 f"{stored['error_occurrences']:,d} occurrences"
+                                 if stored.get("error_occurrences") else None)])
     print_table(["case", "raw rows", "samples", "cpu us/sample", "samples/cpu-s",
                  "samples/wall-s", "raw rows stored", "rollup rows", "target (cpu)"], rows,
                 title=f"Flusher throughput, batches of {args.batch:,d} (best of {repeat} by CPU "

@@ -320,8 +320,6 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS idx_error_occurrences_group ON error_occurrences(group_id, minute);
     CREATE INDEX IF NOT EXISTS idx_error_occurrences_minute ON error_occurrences(minute);
-    CREATE INDEX IF NOT EXISTS idx_error_occurrences_route
-        ON error_occurrences(route, method, minute);
     CREATE INDEX IF NOT EXISTS idx_error_occurrences_request_id
         ON error_occurrences(request_id);
     """,
