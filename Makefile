@@ -31,6 +31,7 @@ bench: $(STAMP) system-deps
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/instructions.py
 	$(PY) benchmarks/flusher.py
+	$(PY) benchmarks/profiler.py
 	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/collector.py
 	$(PY) benchmarks/logging_bench.py

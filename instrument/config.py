@@ -207,6 +207,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("exemplar_failures", "INSTRUMENT_EXEMPLAR_FAILURES", _int_at_least(0, 1000), 20,
              "Failing requests (5xx or an exception) kept per route and minute as exemplars;"
              " the rest are counted."),
+    Variable("profiler", "INSTRUMENT_PROFILER", _bool, False,
+             "`true` runs the route-aware sampling profiler: collapsed stacks per route and"
+             " minute in `profile_stacks` (`GET /api/v1/monitoring/profile`)."),
+    Variable("profiler_hz", "INSTRUMENT_PROFILER_HZ", _int_at_least(1, 1000), 50,
+             "Samples a second the profiler takes of every thread's stack."),
     Variable("dashboard_token", "INSTRUMENT_DASHBOARD_TOKEN", _str, None,
              "Secret that opens `/monitoring` and `/api/v1/monitoring/` (bearer token or the"
              " login form); without it or `INSTRUMENT_DASHBOARD_PUBLIC` they answer 404 (but"
@@ -299,6 +304,8 @@ class Settings:
     trace_context: bool = True
     exemplars: int = 5
     exemplar_failures: int = 20
+    profiler: bool = False
+    profiler_hz: int = 50
     dashboard_token: str | None = field(default=None, repr=False)
     dashboard_public: bool = False
     health_public: bool = True

@@ -97,7 +97,12 @@ def test_flusher_stores_every_sample_and_reports_rates(tmp_path: Path) -> None:
     results = data["results"]
     assert [(r["case"], r["raw_rows"]) for r in results] == [
         (case, raw) for raw in (True, False)
-        for case in ("aggregate", "aggregate+sqlite", "flusher")]
+        for case in ("aggregate", "aggregate+sqlite", "flusher")] + [
+        ("aggregate+sqlite, 10 % errors as types", True),
+        ("aggregate+sqlite, 10 % errors grouped", True)]
+    grouped = results[-1]["rows"]
+    assert grouped["error_occurrences"] > 0 and grouped["error_groups"] == 5
+    assert results[-2]["rows"]["error_occurrences"] == 0
     for r in results:
         assert r["samples"] == 3000
         assert _positive(r["samples_per_s"]) and _positive(r["us_per_sample"])
@@ -160,3 +165,14 @@ def test_otlp_export_cost_is_measured_against_a_real_receiver(tmp_path: Path) ->
         assert r["exports"] >= 2 and r["series"] > 10 and r["payload_bytes"] > 1000
         assert _positive(r["write_us_per_sample"]) and _positive(r["export_ms_median"])
     assert "OTLP export on the flusher thread" in stdout
+
+
+def test_profiler_benchmark_measures_off_and_on(tmp_path: Path) -> None:
+    """profiler.py runs off, on, off, on; off has no samples and no profiler CPU."""
+    data, stdout = _run("profiler.py", tmp_path)
+    runs = data["results"]
+    assert [r["profiler"] for r in runs] == [False, True, False, True]
+    assert all(r["samples"] == 0 and r["profiler_cpu_s"] == 0 for r in runs if not r["profiler"])
+    assert all(r["samples"] > 0 for r in runs if r["profiler"])
+    assert all(_positive(r["cpu_us_per_request"]) for r in runs)
+    assert "profiler CPU at 50 Hz" in stdout

@@ -232,7 +232,7 @@ def test_alert_listing_and_openapi(server: DashboardServer) -> None:
                                   "/metrics/system", "/routes", "/alerts",
                                   "/alerts/{id}/acknowledge", "/logs", "/requests",
                                   "/requests/{request_id}", "/routes/{route}", "/errors",
-                                  "/errors/{group_id}", "/openapi.json"}
+                                  "/errors/{group_id}", "/profile", "/openapi.json"}
 
 
 # -- bad parameters ----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from instrument.adapters.routes import RouteResolver
 from instrument.core.buffer import KIND_HTTP
 from instrument.core.context import COUNTER, IDS, PREFIX, READERS, current, incoming_id, route_of
 from instrument.core.exemplars import CUTS, DEFAULT, UNTIL
+from instrument.core.profiler import register
 from instrument.core.runtime import OFF, runtime
 from instrument.core.trace import continued_bytes, fresh, tracestate, use
 from instrument.types import ASGIApp, Message, Receive, Scope, Send
@@ -293,3 +294,18 @@ class _FlushOnShutdown:
             timeout = runtime.settings.shutdown_timeout if runtime.settings else 5.0
             await asyncio.get_running_loop().run_in_executor(None, runtime.flush, timeout)
         await self._send(message)
+
+
+def _profiled(frame: Any) -> tuple[str, str] | None:
+    """The route and method of the request a middleware coroutine serves (for the profiler)."""
+    local = frame.f_locals
+    ex, mw = local.get("ex"), local.get("self")
+    try:
+        scope = ex.scope
+        return (str(mw._resolve(scope, local.get("root0", ""))),
+                str(scope.get("method") or ""))
+    except (AttributeError, KeyError, TypeError):  # not a request (yet), or not http
+        return None
+
+
+register(InstrumentMiddleware.__call__.__code__, _profiled)

@@ -26,6 +26,7 @@ from instrument.core.context import (
     incoming_id,
 )
 from instrument.core.exemplars import CUTS, DEFAULT, UNTIL
+from instrument.core.profiler import register
 from instrument.core.runtime import OFF, runtime
 from instrument.core.trace import TRACEPARENT, continued, fresh, tracestate, use
 from instrument.types import StartResponse, WSGIApp, WSGIEnviron
@@ -327,3 +328,18 @@ class InstrumentMiddleware:
         body = _stream(ex, res)
         next(body)
         return body
+
+
+def _profiled(frame: Any) -> tuple[str, str] | None:
+    """The route and method of the request a middleware frame serves (for the profiler)."""
+    ex = frame.f_locals.get("ex")
+    try:
+        env = ex.env
+        return (str(env.get(ROUTE_KEY) or ex.route or env.get("PATH_INFO") or ""),
+                str(env.get("REQUEST_METHOD") or ""))
+    except AttributeError:  # before the exchange is set up
+        return None
+
+
+register(InstrumentMiddleware.__call__.__code__, _profiled)
+register(_stream.__code__, _profiled)  # a streamed body: the app's generator runs inside it

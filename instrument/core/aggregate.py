@@ -18,6 +18,7 @@ from instrument.core.buffer import KIND_CALL, KIND_CLIENT, KIND_HTTP, KIND_TASK,
 from instrument.core.errors import Grouper
 from instrument.core.exemplars import Picker
 from instrument.core.histogram import PER_DOUBLING
+from instrument.core.profiler import KIND_PROFILE
 
 __all__ = ["Aggregator"]
 
@@ -236,6 +237,8 @@ class Aggregator:
                         calls.extend((stamp, KIND_TASK_WAIT, name, "", 0, wms, None, pid))
                     _roll(rollups, (minute, KIND_TASK_WAIT, name, "", 0), wms)
             else:
+                if kind == KIND_PROFILE and s[2] not in seen_http:  # its route, as requests'
+                    s = (kind, s[1], guard(KIND_HTTP, s[2]), *s[3:])
                 batch.other.setdefault(kind, []).append(s)
                 continue
             # the minute rollup and its latency bucket

@@ -20,6 +20,7 @@ from instrument.config import Settings
 from instrument.core.buffer import Recorder
 from instrument.core.exemplars import Picker
 from instrument.core.flusher import Flusher
+from instrument.core.profiler import Profiler
 
 __all__ = ["OFF", "ON", "UNSTARTED", "Runtime", "runtime"]
 
@@ -37,6 +38,7 @@ class Runtime:
         self.state = UNSTARTED
         self.settings: Settings | None = None
         self.flusher: Flusher | None = None
+        self.profiler: Profiler | None = None
         self.backends: list[Any] = []
         self._lock = threading.RLock()
         self._hooks_installed = False
@@ -106,12 +108,22 @@ class Runtime:
                                picker=Picker(self.settings.exemplars,
                                              self.settings.exemplar_failures))
         self.flusher.start()
+        if self.settings.profiler:
+            self.profiler = Profiler(self.recorder.add, self.settings.profiler_hz)
+            self.profiler.start()
 
     def _stop_flusher(self) -> None:
+        self._stop_profiler()
         if self.flusher is not None:
             timeout = self.settings.shutdown_timeout if self.settings else 5.0
             self.flusher.shutdown(timeout)
             self.flusher = None
+
+    def _stop_profiler(self) -> None:
+        """Stop sampling and hand its counts to the buffer, before the flusher's last flush."""
+        profiler, self.profiler = self.profiler, None
+        if profiler is not None:
+            profiler.stop()
 
     def _install_hooks(self) -> None:
         if self._hooks_installed:
@@ -138,6 +150,7 @@ class Runtime:
         # so every primitive is rebuilt here rather than reused (as sentry's worker does).
         self._lock = threading.RLock()
         self.pid = os.getpid()
+        self.profiler = None  # its thread did not survive the fork; _start_flusher starts one
         self.recorder.reset_after_fork()
         if self.state == ON and self.settings is not None:
             for backend in self.backends:
@@ -164,6 +177,7 @@ class Runtime:
                 return True
             if timeout is None:
                 timeout = self.settings.shutdown_timeout if self.settings else 5.0
+            self._stop_profiler()
             ok = flusher.shutdown(timeout)
             self.flusher = None
             self.state = UNSTARTED
@@ -178,6 +192,8 @@ class Runtime:
             "capacity": self.recorder.capacity,
             "dropped": self.recorder.dropped,
         }
+        if self.profiler is not None:
+            base["profiler"] = self.profiler.stats()
         if self.flusher is not None:
             base.update(self.flusher.stats())
         else:

@@ -141,6 +141,16 @@ OPENAPI: dict[str, Any] = {
             "responses": {"200": {"description": "the group"}, "400": _ERR,
                           "401": {"description": "Not signed in."},
                           "404": {"description": "no such group"}}}},
+        "/profile": _get(
+            "The sampling profiler's stacks (INSTRUMENT_PROFILER=true): collapsed text,"
+            " 'module:function;module:function count' a line, outermost frame first (what"
+            " flamegraph.pl and speedscope import), or JSON with format=json.",
+            [_q("route", "Only this route template.", _STR),
+             _q("method", "Only this HTTP method.", _STR), _HOURS, _FROM, _TO,
+             _q("format", "collapsed (text/plain) or json.",
+                {"type": "string", "enum": ["collapsed", "json"], "default": "collapsed"}),
+             _q("limit", "Stacks (1-50000), most samples first.", {**_INT, "default": 5000})],
+            "collapsed stacks"),
         "/alerts": _get("Firing alerts, recent alerts and recent alert events.",
                         [_q("limit", "History rows (1-1000).", {**_INT, "default": 50})],
                         "alerts"),

@@ -28,6 +28,7 @@ from instrument.dashboard._errors import error_detail, error_list
 from instrument.dashboard._http import BadRequest, Request, Response, json_response, problem
 from instrument.dashboard._openapi import OPENAPI
 from instrument.dashboard._pgstore import columns, has_table, open_connections, unavailable
+from instrument.dashboard._profile import profile
 from instrument.dashboard._requests import request_detail, request_list
 from instrument.dashboard._routes import route_detail
 from instrument.dashboard._series import METRICS, HistogramCache, request_series
@@ -66,6 +67,7 @@ class MonitoringAPI:
             "metrics/timeseries": self.timeseries, "metrics/system": self.system,
             "routes": self.routes, "alerts": self.alert_list, "logs": self.logs,
             "requests": request_list, "errors": self.errors,
+            "profile": lambda q, conn: profile(q, conn, *self._window(q, 1.0)),
             "openapi.json": lambda q, conn: json_response(OPENAPI),
         }
 

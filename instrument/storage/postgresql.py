@@ -206,6 +206,8 @@ class PostgreSQLBackend:
             _copy(cur, "system_metrics", _SYSTEM_COLUMNS, system_rows(other.get("system", ())),
                   host)
             _copy(cur, "app_metrics", _APP_COLUMNS, app_rows(other.get("app", ())), host)
+            _copy(cur, "profile_stacks", "minute, route, method, stack, samples, host",
+                  [s[1:] for s in other.get("profile", ())], host)
             logs = other.get("log")
             if logs:  # in time order, as SQLite stores them: ids page newest-first by time
                 _copy(cur, "logs", _LOG_COLUMNS, log_rows(sorted(logs, key=_created)), host)
@@ -234,7 +236,8 @@ class PostgreSQLBackend:
                 removed += n
                 if n < _DELETE_CHUNK:
                     break
-        for table in ("metric_rollups", "metric_rollup_buckets", "request_exemplars"):
+        for table in ("metric_rollups", "metric_rollup_buckets", "request_exemplars",
+                      "profile_stacks"):
             removed += conn.execute(f"DELETE FROM {table} WHERE minute < %s",
                                     (minute,)).rowcount
         removed += delete_errors_before(conn, cutoff_iso, minute, "%s")

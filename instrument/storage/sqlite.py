@@ -69,6 +69,7 @@ _INSERT_EXEMPLAR = (
     " query, status_code, duration_ms, ttfb_ms, request_bytes, response_bytes, client,"
     " user_agent, exception, reason, pid)"
 )
+_INSERT_PROFILE = "INSERT INTO profile_stacks (minute, route, method, stack, samples)"
 _INSERT_CALL = (
     "INSERT INTO call_metrics (timestamp, kind, name, method, status_code, duration_ms,"
     " exception, pid)"
@@ -294,6 +295,9 @@ class SQLiteBackend:
             logs = batch.other.get("log")
             if logs:
                 write_logs(conn, logs)
+            stacks = batch.other.get("profile")
+            if stacks:
+                insert_rows(conn, _INSERT_PROFILE, 5, [s[1:] for s in stacks])
             write_totals(conn, batch, self)
             conn.execute("COMMIT")
         except BaseException:
@@ -321,7 +325,8 @@ class SQLiteBackend:
         removed += delete_logs_before(conn, cutoff_iso, _DELETE_CHUNK)
         removed += delete_metrics_before(conn, cutoff, _DELETE_CHUNK)
         minute = int(cutoff // 60) * 60
-        for table in ("metric_rollups", "metric_rollup_buckets", "request_exemplars"):
+        for table in ("metric_rollups", "metric_rollup_buckets", "request_exemplars",
+                      "profile_stacks"):
             removed += conn.execute(f"DELETE FROM {table} WHERE minute < ?",
                                     (minute,)).rowcount
         removed += delete_errors_before(conn, cutoff_iso, minute)

@@ -296,6 +296,20 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS idx_error_occurrences_request_id
         ON error_occurrences(request_id);
     """,
+    # 8: the sampling profiler's collapsed stacks (instrument/core/profiler.py): samples per
+    # route, method and stack, a row per process and hand-over (readers add them up).
+    """
+    CREATE TABLE IF NOT EXISTS profile_stacks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        minute INTEGER NOT NULL,
+        route TEXT NOT NULL,
+        method TEXT NOT NULL,
+        stack TEXT NOT NULL,
+        samples INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS idx_profile_stacks_route ON profile_stacks(route, minute);
+    CREATE INDEX IF NOT EXISTS idx_profile_stacks_minute ON profile_stacks(minute);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,35 @@
+"""Reading the profiler's stacks back: samples per collapsed stack for a route and range.
+
+Plain parameterised SQL in SQLite's dialect; PostgreSQL read connections rewrite it
+(:mod:`.pg_read`). Rows are per process and hand-over; this adds them up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["profile_stacks"]
+
+
+def profile_stacks(conn: Any, *, route: str | None = None, method: str | None = None,
+                   since: float | None = None, until: float | None = None,
+                   limit: int = 5000) -> list[tuple[str, int]]:
+    """(stack, samples) for the filters given, most samples first (whole minutes)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if route is not None:
+        where.append("route = ?")
+        args.append(route)
+    if method is not None:
+        where.append("method = ?")
+        args.append(method)
+    if since is not None:
+        where.append("minute >= ?")
+        args.append(int(since // 60) * 60)
+    if until is not None:
+        where.append("minute < ?")
+        args.append(until)
+    sql = "SELECT stack, sum(samples) FROM profile_stacks"
+    sql += (" WHERE " + " AND ".join(where) if where else "")
+    sql += " GROUP BY stack ORDER BY sum(samples) DESC, stack LIMIT ?"
+    return [(str(s), int(n)) for s, n in conn.execute(sql, (*args, limit))]
