@@ -26,7 +26,8 @@ __all__ = ["Dashboard"]
 
 log = logging.getLogger("instrument")
 
-_ASSETS = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8",
+_ASSETS = {"app.js": "text/javascript; charset=utf-8", "pages.js": "text/javascript; charset=utf-8",
+           "app.css": "text/css; charset=utf-8",
            "favicon.svg": "image/svg+xml"}
 _LOGIN_LIMIT = 10  # failed logins per minute before the form refuses for the rest of the minute
 

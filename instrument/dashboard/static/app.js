@@ -238,6 +238,13 @@
     container.appendChild(list);
   }
 
+  // -- links to the pages (pages.js) -------------------------------------------------
+  function routeLink(route, method) {
+    const href = "#/routes/" + encodeURIComponent(route) + (method ? "?method=" + encodeURIComponent(method) : "");
+    return el("a", { href: href, class: "route-link" }, route);
+  }
+  function onPage() { return location.hash.startsWith("#/"); }
+
   // -- tables -----------------------------------------------------------------------
   function fillTable(id, rows, cells) {
     const body = $(id).tBodies[0];
@@ -270,7 +277,7 @@
       }
       return [
         [el("span", { class: "sev sev-" + String(a.severity).toLowerCase() }, a.severity)],
-        [a.name], [a.description || ""], [when(a.created_at)],
+        [a.name], [causeOf(a) || a.description || ""], [when(a.created_at)],
         [acked ? "acknowledged" + (a.acknowledged_by ? " by " + a.acknowledged_by : "") : "firing",
           acked ? "state state-acknowledged" : "state"],
         [action],
@@ -280,6 +287,19 @@
       [when(a.updated_at)], [a.name], [a.severity], [a.status],
       [a.acknowledged_at ? when(a.acknowledged_at) + (a.acknowledged_by ? " (" + a.acknowledged_by + ")" : "") : "–"],
     ]);
+  }
+
+  // An alert on errors or latency points at its route and error group (metadata.cause).
+  function causeOf(a) {
+    const cause = (a.metadata || {}).cause;
+    if (!cause) return null;
+    const box = el("span", {}, (a.description || "") + " ");
+    if (cause.route) box.appendChild(el("a", { href: cause.route.link, class: "cause" }, cause.route.method + " " + cause.route.route));
+    if (cause.error_group) {
+      box.appendChild(document.createTextNode(" "));
+      box.appendChild(el("a", { href: cause.error_group.link, class: "cause" }, cause.error_group.type || "error group"));
+    }
+    return box;
   }
 
   async function acknowledge(id, button) {
@@ -335,11 +355,11 @@
     }
     statusMix($("status-mix"), r.status_codes);
     fillTable("routes-slow", s.slowest_routes || [], (e) => [
-      [e.route, "route"], [e.method], [num(e.requests), "num"], [ms(e.p95_ms), "num"],
+      [routeLink(e.route, e.method), "route"], [e.method], [num(e.requests), "num"], [ms(e.p95_ms), "num"],
       [ms(e.p99_ms), "num"], [ms(e.avg_ms), "num"],
     ]);
     fillTable("routes-failing", s.failing_routes || [], (e) => [
-      [e.route, "route"], [e.method], [num(e.requests), "num"], [num(e.errors), "num"],
+      [routeLink(e.route, e.method), "route"], [e.method], [num(e.requests), "num"], [num(e.errors), "num"],
       [pct(e.error_rate_percent), "num"],
     ]);
   }
@@ -439,7 +459,7 @@
     if (refreshSaved !== null && [...$("refresh").options].some((o) => o.value === refreshSaved)) $("refresh").value = refreshSaved;
     $("range").addEventListener("change", () => {
       localStorage.setItem("instrument.range", $("range").value);
-      history.replaceState(null, "", "#range=" + $("range").value);
+      if (!onPage()) history.replaceState(null, "", "#range=" + $("range").value);
       refresh();
     });
     $("refresh").addEventListener("change", schedule);
@@ -459,5 +479,8 @@
     refresh();
   }
 
+  // What pages.js draws with: one copy of each helper.
+  window.instrumentUI = { el, svg, clear, api, num, ms, pct, bytes, when, lineChart, statusMix,
+    showError, routeLink, window: window_, RANGES };
   init();
 })();
