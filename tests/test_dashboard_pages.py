@@ -17,14 +17,15 @@ from pathlib import Path
 import pytest
 import requests
 from flask import Flask
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
 import instrument
 from instrument.dashboard.server import DashboardServer
 from instrument.logs import setup_logging
 from tests.dashboard_fixtures import TOKEN, running_server
 from tests.servers import query, werkzeug_server
-from tests.test_dashboard_browser import ARGS, ARTIFACTS, CHROMIUM, Watched
+from tests.test_dashboard_browser import ARTIFACTS, Watched
+from tests.test_dashboard_browser import browser as browser  # the module's Chromium
 
 INJECTED = "<img src=x onerror=window.__xss=1>"
 MESSAGE = "<script>window.__xss=2</script> bad order"
@@ -70,14 +71,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def server(store: Path) -> Iterator[DashboardServer]:
     with running_server(store) as (srv, _):
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

@@ -10,13 +10,32 @@ from typing import Any
 
 from instrument.core.batch import iso_utc
 
-__all__ = ["COLUMNS", "find_requests", "request_by_id"]
+__all__ = ["COLUMNS", "find_requests", "request_by_id", "route_minutes"]
 
 #: Fields of an exemplar as the API returns it, in the table's column order.
 COLUMNS = ("timestamp", "minute", "request_id", "trace_id", "method", "route", "path", "query",
            "status_code", "duration_ms", "ttfb_ms", "request_bytes", "response_bytes", "client",
            "user_agent", "exception", "reason", "pid")
 _SELECT = "SELECT " + ", ".join(COLUMNS) + " FROM request_exemplars"
+
+
+def route_minutes(route: str | None, method: str | None, since: float | None,
+                  until: float | None) -> tuple[list[str], list[Any]]:
+    """WHERE terms and arguments for a route, a method and a range read in whole minutes
+    (by the indexed minute column; a caller wanting the exact edges filters the rows)."""
+    where: list[str] = []
+    args: list[Any] = []
+    for column, value in (("route", route), ("method", method)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if since is not None:
+        where.append("minute >= ?")
+        args.append(int(since // 60) * 60)
+    if until is not None:
+        where.append("minute < ?")
+        args.append(until)
+    return where, args
 
 
 def _rows(cur: Any) -> list[dict[str, Any]]:
@@ -32,14 +51,7 @@ def find_requests(conn: Any, *, route: str | None = None, method: str | None = N
 
     ``status`` may be a class: 5 matches 500-599, 4 matches 400-499.
     """
-    where: list[str] = []
-    args: list[Any] = []
-    if route is not None:
-        where.append("route = ?")
-        args.append(route)
-    if method is not None:
-        where.append("method = ?")
-        args.append(method)
+    where, args = route_minutes(route, method, since, until)
     if status is not None:
         if status < 10:
             where.append("status_code >= ? AND status_code < ?")
@@ -50,12 +62,6 @@ def find_requests(conn: Any, *, route: str | None = None, method: str | None = N
     if min_ms is not None:
         where.append("duration_ms >= ?")
         args.append(min_ms)
-    if since is not None:  # by minute first (indexed), then the exact time
-        where.append("minute >= ?")
-        args.append(int(since // 60) * 60)
-    if until is not None:
-        where.append("minute < ?")
-        args.append(until)
     if reason is not None:
         where.append("reason = ?")
         args.append(reason)

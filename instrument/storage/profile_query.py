@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from instrument.storage.exemplar_query import route_minutes
+
 __all__ = ["profile_stacks"]
 
 
@@ -15,20 +17,7 @@ def profile_stacks(conn: Any, *, route: str | None = None, method: str | None = 
                    since: float | None = None, until: float | None = None,
                    limit: int = 5000) -> list[tuple[str, int]]:
     """(stack, samples) for the filters given, most samples first (whole minutes)."""
-    where: list[str] = []
-    args: list[Any] = []
-    if route is not None:
-        where.append("route = ?")
-        args.append(route)
-    if method is not None:
-        where.append("method = ?")
-        args.append(method)
-    if since is not None:
-        where.append("minute >= ?")
-        args.append(int(since // 60) * 60)
-    if until is not None:
-        where.append("minute < ?")
-        args.append(until)
+    where, args = route_minutes(route, method, since, until)
     sql = "SELECT stack, sum(samples) FROM profile_stacks"
     sql += (" WHERE " + " AND ".join(where) if where else "")
     sql += " GROUP BY stack ORDER BY sum(samples) DESC, stack LIMIT ?"
