@@ -298,8 +298,8 @@ def test_postgresql_stores_and_reads_the_same_groups() -> None:
         url = cluster.new_schema()
         a = PostgreSQLBackend(url, instance="a")
         b = PostgreSQLBackend(url, instance="b")
-        for backend, exc in ((a, e1), (b, e2)):
-            batch = agg.aggregate([(KIND_CALL, t, t + 0.01, "job", exc)] * 3)
+        for backend, exc, at in ((a, e1, t), (b, e2, t + 1.0)):  # b's is the later: it wins
+            batch = agg.aggregate([(KIND_CALL, at, at + 0.01, "job", exc)] * 3)
             backend.write(batch)
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT count, message FROM error_groups").fetchall() == [
