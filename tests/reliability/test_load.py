@@ -116,12 +116,14 @@ def test_full_buffer_costs_a_request_nothing_extra() -> None:
 
     full, room = [], []
     try:
-        for _ in range(9):  # interleaved rounds, medians: noise hits both alike
+        for _ in range(9):  # interleaved rounds; the fastest of each: noise only adds time
             full.append(timed(16))  # already more than 16 queued: every sample is dropped
             room.append(timed(10**9))
     finally:
         recorder.resize(16)
         backend.gate.set()
-    ratio = statistics.median(full) / statistics.median(room)
-    assert ratio < 1.2, (statistics.median(full), statistics.median(room))
+    # (medians failed once in a full CI run at 1.23 on a busy 2-core VM; a drop does strictly
+    # less work than an append, so the fastest rounds compare the code, not the neighbours)
+    ratio = min(full) / min(room)
+    assert ratio < 1.2, (min(full), min(room), statistics.median(full), statistics.median(room))
     FIGURES["full-buffer request cost vs normal (percent)"] += round(100 * ratio)
