@@ -1,6 +1,10 @@
 // instrument dashboard. No dependencies, no inline code, no HTML parsing of data: every value from the
 // API reaches the page through textContent or an SVG attribute, so a route named <script>
-// is shown as text. Charts are SVG drawn here.
+// is shown as text. Charts are SVG drawn here. This file draws the overview and routes between
+// views by the hash, so links can be shared: "" (or "#range=1h") is the overview;
+// "#/routes/<route>?method=GET", "#/requests/<id>", "#/errors" and "#/errors/<group>" are the
+// pages pages.js draws (segments encodeURIComponent'ed; "range=" in a page's query names its
+// range). pages.js uses the helpers exposed below as window.instrumentUI.
 "use strict";
 
 (function () {
@@ -17,6 +21,7 @@
   let timer = null;
   let busy = false;
   let last = {};
+  let generation = 0;  // one per refresh: the answers of an older one (another view) are dropped
 
   // -- helpers ----------------------------------------------------------------------
   function el(tag, attrs, text) {
@@ -90,7 +95,10 @@
     }
     const body = await response.json().catch(() => ({}));
     if (!response.ok && !(path === "health" && response.status === 503)) {
-      throw new Error(path + ": " + (body.message || response.status));
+      const err = new Error(path + ": " + (body.message || response.status));
+      err.status = response.status;
+      err.detail = body.message || "";
+      throw err;
     }
     return body;
   }
@@ -239,11 +247,42 @@
   }
 
   // -- links to the pages (pages.js) -------------------------------------------------
-  function routeLink(route, method) {
-    const href = "#/routes/" + encodeURIComponent(route) + (method ? "?method=" + encodeURIComponent(method) : "");
-    return el("a", { href: href, class: "route-link" }, route);
+  const href = {
+    route(route, method, kind) {
+      const q = new URLSearchParams();
+      if (method) q.set("method", method);
+      if (kind && kind !== "http") q.set("kind", kind);
+      const qs = q.toString();
+      return "#/routes/" + encodeURIComponent(route) + (qs ? "?" + qs : "");
+    },
+    request(id) { return "#/requests/" + encodeURIComponent(id); },
+    group(id) { return "#/errors/" + encodeURIComponent(id); },
+  };
+  function routeLink(route, method, kind) {
+    return el("a", { href: href.route(route, method, kind), class: "route-link" }, route);
   }
-  function onPage() { return location.hash.startsWith("#/"); }
+  // The view the hash names: null for the overview, else {path: [segments], params}.
+  function parseHash() {
+    const h = location.hash;
+    if (!h.startsWith("#/") || h.length === 2) return null;
+    const raw = h.slice(2);
+    const at = raw.indexOf("?");
+    const decode = (part) => { try { return decodeURIComponent(part); } catch (e) { return part; } };
+    return {
+      path: (at < 0 ? raw : raw.slice(0, at)).split("/").map(decode),
+      params: new URLSearchParams(at < 0 ? "" : raw.slice(at + 1)),
+    };
+  }
+  function hashOf(view) {
+    const qs = view.params.toString();
+    return "#/" + view.path.map(encodeURIComponent).join("/") + (qs ? "?" + qs : "");
+  }
+  // The range a hash names ("#range=1h" on the overview, "?range=1h" on a page), if any.
+  function hashRange() {
+    const view = parseHash();
+    const value = view ? view.params.get("range") : new URLSearchParams(location.hash.slice(1)).get("range");
+    return value && RANGES[value] ? value : null;
+  }
 
   // -- tables -----------------------------------------------------------------------
   function fillTable(id, rows, cells) {
@@ -416,31 +455,69 @@
     return { hours: span / 3600, from: to - span, to: to, step: step, period: period };
   }
 
-  async function refresh() {
-    if (busy) return;
-    busy = true;
+  async function refreshOverview(current) {
     const w = window_();
     const range = { from: w.from, to: w.to, step: w.step };
+    const [summary, series, system, alerts, health] = await Promise.all([
+      api("metrics/summary", { hours: w.hours }),
+      api("metrics/timeseries", Object.assign({ metric: "rate,error_rate,latency_p50,latency_p95,latency_p99" }, range)),
+      api("metrics/system", range),
+      api("alerts", { limit: 20 }),
+      api("health"),
+    ]);
+    if (!current()) return;
+    last = { series: series, system: system };
+    renderSummary(summary, w.period);
+    renderCharts();
+    renderAlerts(alerts);
+    renderHealth(health);
+    await searchLogs();
+  }
+
+  // A page of pages.js: it fetches, builds the page off-screen, then mounts it (mount says
+  // false when the view changed meanwhile) and draws what needs the page's width.
+  async function refreshPage(view, current) {
+    const box = $("page");
+    const pages = window.instrumentUI.pages;
+    if (!pages) {
+      clear(box);
+      box.appendChild(el("p", { class: "banner" }, "This page could not be loaded (pages.js is missing)."));
+      return;
+    }
+    const health = api("health").then((h) => { if (current()) renderHealth(h); }, () => {});  // the header's badge
+    await pages.render(view, window_(), (node) => {
+      if (!current()) return false;
+      clear(box);
+      box.appendChild(node);
+      return true;
+    });
+    await health;
+  }
+
+  // Shows the view the hash names, marks its tab in the header, and loads its data.
+  async function refresh() {
+    const mine = ++generation;
+    const current = () => mine === generation;
+    const view = parseHash();
+    const onPage = Boolean(view);
+    $("overview").hidden = onPage;
+    $("page").hidden = !onPage;
+    const tab = !onPage ? "nav-overview" : view.path[0] === "errors" && view.path.length === 1 ? "nav-errors" : "";
+    for (const a of document.querySelectorAll(".views a")) {
+      if (a.id === tab) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+    }
+    if (!onPage) document.title = "instrument · monitoring";
+    busy = true;
     try {
-      const [summary, series, system, alerts, health] = await Promise.all([
-        api("metrics/summary", { hours: w.hours }),
-        api("metrics/timeseries", Object.assign({ metric: "rate,error_rate,latency_p50,latency_p95,latency_p99" }, range)),
-        api("metrics/system", range),
-        api("alerts", { limit: 20 }),
-        api("health"),
-      ]);
-      last = { series: series, system: system };
-      renderSummary(summary, w.period);
-      renderCharts();
-      renderAlerts(alerts);
-      renderHealth(health);
-      await searchLogs();
+      if (onPage) await refreshPage(view, current);
+      else await refreshOverview(current);
+      if (!current()) return;
       showError("");
       $("updated").textContent = "updated " + new Date().toLocaleTimeString();
     } catch (err) {
-      if (String(err.message) !== "signed out") showError("Could not load: " + (err.message || err));
+      if (current() && String(err.message) !== "signed out") showError("Could not load: " + (err.message || err));
     } finally {
-      busy = false;
+      if (current()) busy = false;
     }
   }
 
@@ -448,18 +525,30 @@
     if (timer) clearInterval(timer);
     timer = null;
     const seconds = Number($("refresh").value);
-    if (seconds > 0) timer = setInterval(() => { if (!document.hidden) refresh(); }, seconds * 1000);
+    if (seconds > 0) timer = setInterval(() => { if (!document.hidden && !busy) refresh(); }, seconds * 1000);
     localStorage.setItem("instrument.refresh", $("refresh").value);
   }
 
   function init() {
-    const saved = new URLSearchParams(location.hash.slice(1)).get("range") || localStorage.getItem("instrument.range");
+    const saved = hashRange() || localStorage.getItem("instrument.range");
     if (saved && RANGES[saved]) $("range").value = saved;
     const refreshSaved = localStorage.getItem("instrument.refresh");
     if (refreshSaved !== null && [...$("refresh").options].some((o) => o.value === refreshSaved)) $("refresh").value = refreshSaved;
     $("range").addEventListener("change", () => {
       localStorage.setItem("instrument.range", $("range").value);
-      if (!onPage()) history.replaceState(null, "", "#range=" + $("range").value);
+      const view = parseHash();
+      if (view) {  // a page keeps its range in its own query, so its link shows the same
+        view.params.set("range", $("range").value);
+        history.replaceState(null, "", hashOf(view));
+      } else {
+        history.replaceState(null, "", "#range=" + $("range").value);
+      }
+      refresh();
+    });
+    window.addEventListener("hashchange", () => {  // a link followed, or back / forward
+      const named = hashRange();
+      if (named) $("range").value = named;
+      window.scrollTo(0, 0);
       refresh();
     });
     $("refresh").addEventListener("change", schedule);
@@ -473,14 +562,27 @@
       });
     }
     let resizeTimer = null;
-    window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(renderCharts, 150); });
+    window.addEventListener("resize", () => {
+      clearTimeout(resizeTimer);
+      resizeTimer = setTimeout(() => {
+        if (!parseHash()) renderCharts();
+        else if (window.instrumentUI.pages) window.instrumentUI.pages.resize();
+      }, 150);
+    });
     document.addEventListener("visibilitychange", () => { if (!document.hidden && timer) refresh(); });
     schedule();
     refresh();
   }
 
-  // What pages.js draws with: one copy of each helper.
+  // What pages.js draws with: one copy of each helper. pages.js sets .pages to its views.
   window.instrumentUI = { el, svg, clear, api, num, ms, pct, bytes, when, lineChart, statusMix,
-    showError, routeLink, window: window_, RANGES };
-  init();
+    showError, routeLink, href, parseHash, hashOf, window: window_, RANGES, pages: null };
+  // Deferred scripts all run, in order, before DOMContentLoaded (readyState is "interactive"
+  // while they do), so at DOMContentLoaded pages.js has registered; "load" and "complete" cover
+  // a copy of this file loaded later.
+  let started = false;
+  const start = () => { if (!started) { started = true; init(); } };
+  document.addEventListener("DOMContentLoaded", start);
+  window.addEventListener("load", start);
+  if (document.readyState === "complete") start();
 })();
