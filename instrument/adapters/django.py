@@ -27,6 +27,7 @@ from instrument.core.batch import UNMATCHED
 from instrument.core.buffer import KIND_HTTP
 from instrument.core.context import COUNTER, IDS, PREFIX, READERS, current, incoming_id
 from instrument.core.exemplars import CUTS, DEFAULT, UNTIL
+from instrument.core.profiler import register
 from instrument.core.runtime import OFF, runtime
 from instrument.core.trace import continued, fresh, tracestate, use
 
@@ -315,3 +316,20 @@ def _answered(ex: _Exchange, response: Any) -> None:
         else:
             response.streaming_content = count(ex, response.streaming_content)
     response._resource_closers.append(ex.close)
+
+
+def _profiled(frame: Any) -> tuple[str, str] | None:
+    """The route and method of the request a middleware frame serves (for the profiler)."""
+    ex = frame.f_locals.get("ex")
+    try:
+        _, method, route = ex.describe()
+    except AttributeError:  # before the exchange is set up
+        return None
+    return str(route), str(method)
+
+
+# The middleware's call (sync and async) and a streamed body's counting generator, which
+# runs the response's own iterator: their frames mark a request for the sampling profiler.
+for _code in (InstrumentMiddleware.__call__.__code__,
+              _AsyncInstrumentMiddleware.__call__.__code__, count.__code__, acount.__code__):
+    register(_code, _profiled)

@@ -14,11 +14,17 @@ from collections.abc import Iterable
 from typing import Any
 
 from instrument.core.batch import OVERFLOW, UNMATCHED, Batch, iso_utc
-from instrument.core.buffer import KIND_CALL, KIND_CLIENT, KIND_HTTP, KIND_TASK, KIND_TASK_WAIT
+from instrument.core.buffer import (
+    KIND_CALL,
+    KIND_CLIENT,
+    KIND_HTTP,
+    KIND_PROFILE,
+    KIND_TASK,
+    KIND_TASK_WAIT,
+)
 from instrument.core.errors import Grouper
 from instrument.core.exemplars import Picker
 from instrument.core.histogram import PER_DOUBLING
-from instrument.core.profiler import KIND_PROFILE
 
 __all__ = ["Aggregator"]
 
@@ -237,8 +243,9 @@ class Aggregator:
                         calls.extend((stamp, KIND_TASK_WAIT, name, "", 0, wms, None, pid))
                     _roll(rollups, (minute, KIND_TASK_WAIT, name, "", 0), wms)
             else:
-                if kind == KIND_PROFILE and s[2] not in seen_http:  # its route, as requests'
-                    s = (kind, s[1], guard(KIND_HTTP, s[2]), *s[3:])
+                if kind == KIND_PROFILE:  # its route through the requests' guard; its pid
+                    name = s[2] if s[2] in seen_http else guard(KIND_HTTP, s[2])
+                    s = (kind, s[1], name, s[3], s[4], s[5], pid)
                 batch.other.setdefault(kind, []).append(s)
                 continue
             # the minute rollup and its latency bucket

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from itertools import repeat, starmap
 from typing import Any
 
-__all__ = ["FLAT_FIELDS", "KIND_CALL", "KIND_CLIENT", "KIND_HTTP", "KIND_TASK", "KIND_TASK_WAIT",
-           "SLOTS", "Recorder"]
+__all__ = ["FLAT_FIELDS", "KIND_CALL", "KIND_CLIENT", "KIND_HTTP", "KIND_PROFILE", "KIND_TASK",
+           "KIND_TASK_WAIT", "SLOTS", "Recorder"]
 
 #: Sample kinds: the first element of every sample tuple.
 KIND_HTTP = "http"
@@ -37,6 +37,8 @@ KIND_CLIENT = "client"
 KIND_TASK = "task"
 #: Not a sample kind: the rows the aggregator derives from a task's queue wait.
 KIND_TASK_WAIT = "task_wait"
+#: The sampling profiler's counts: ``("profile", minute, route, method, stack, samples)``.
+KIND_PROFILE = "profile"
 #: Fields of the samples stored flat, by kind (the kind included).
 FLAT_FIELDS = {KIND_HTTP: 11, KIND_CALL: 5, KIND_TASK: 7}
 #: Slots one request takes: capacity is counted in requests.

@@ -14,8 +14,11 @@ with the profiler off there is no thread, and on, no adapter does anything for i
 What it sees: a threaded WSGI server's request threads by wall clock (a view waiting
 on a socket or ``time.sleep`` is sampled waiting, as it should be); on an ASGI event
 loop, a coroutine only while it runs (an ``await`` hands the loop back, and the loop
-idle is unattributed). FastAPI's plain ``def`` endpoints run in a worker thread with
-no middleware frame on its stack, so their samples are unattributed too.
+idle is unattributed), so an async route shows its CPU, not its waits. FastAPI's
+plain ``def`` endpoints (and Django's sync views under ASGI) run in a worker thread
+with no middleware frame on its stack, so their samples are unattributed too.
+Registered: the WSGI middleware's call and its streamed-body generator, the ASGI
+middleware's coroutine, Django's middleware (sync and async) and its body counters.
 
 Samples are added up in memory per (minute, route, method, stack) and handed to the
 buffer about once a second as ``("profile", minute, route, method, stack, count)``
@@ -32,9 +35,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from instrument.core.buffer import KIND_PROFILE
+
 __all__ = ["KIND_PROFILE", "Profiler", "register"]
 
-KIND_PROFILE = "profile"
 _MAX_DEPTH = 128  # frames kept below the middleware (the innermost, where time is spent)
 _MAX_KEYS = 20_000  # (minute, route, method, stack) entries held between hand-overs
 
@@ -61,8 +65,10 @@ class Profiler:
         self.samples = 0  # attributed to a request
         self.unattributed = 0  # a thread not in a request: dropped
         self.lost = 0  # distinct stacks beyond _MAX_KEYS between hand-overs
+        self.errors = 0  # looks that failed (a reader raised): skipped
         self._counts: dict[tuple[Any, ...], int] = {}
         self._labels: dict[Any, str] = {}
+        self._lock = threading.Lock()  # a flush hands over from another thread
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -93,7 +99,11 @@ class Profiler:
         handed = next_at
         while not self._stop.is_set():
             next_at += period
-            self.sample(me)
+            try:
+                with self._lock:
+                    self.sample(me)
+            except Exception:  # a reader surprised by a frame: skip this look, keep sampling
+                self.errors += 1
             now = time.monotonic()
             if now - handed >= 1.0:
                 self.hand_over()
@@ -141,14 +151,15 @@ class Profiler:
 
     def hand_over(self) -> None:
         """The counts so far, as samples for the flusher; then start counting afresh."""
-        counts, self._counts = self._counts, {}
-        labels = self._labels
+        with self._lock:
+            counts, self._counts = self._counts, {}
+            labels = self._labels
+            if len(labels) > 50_000:  # code objects of reloaded modules: start the cache over
+                self._labels = {}
         for (minute, route, method, stack), n in counts.items():
             text = ";".join(labels.get(c, "?") for c in reversed(stack))
             self.add((KIND_PROFILE, minute, route, method, text, n))
-        if len(labels) > 50_000:  # code objects of reloaded modules: start the cache over
-            self._labels = {}
 
     def stats(self) -> dict[str, Any]:
         return {"on": self.alive, "hz": self.hz, "samples": self.samples,
-                "unattributed": self.unattributed, "lost": self.lost}
+                "unattributed": self.unattributed, "lost": self.lost, "errors": self.errors}

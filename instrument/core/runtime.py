@@ -166,6 +166,9 @@ class Runtime:
         flusher = self.flusher
         if flusher is None:
             return True
+        profiler = self.profiler
+        if profiler is not None:  # its counts so far go with this flush
+            profiler.hand_over()
         return flusher.flush(timeout)
 
     def shutdown(self, timeout: float | None = None) -> bool:
@@ -192,8 +195,11 @@ class Runtime:
             "capacity": self.recorder.capacity,
             "dropped": self.recorder.dropped,
         }
-        if self.profiler is not None:
-            base["profiler"] = self.profiler.stats()
+        profiler = self.profiler
+        if profiler is not None:
+            base["profiler"] = profiler.stats()
+        elif self.settings is not None:
+            base["profiler"] = {"on": False, "hz": self.settings.profiler_hz}
         if self.flusher is not None:
             base.update(self.flusher.stats())
         else:

@@ -2,7 +2,8 @@
 
 The default answer is the collapsed text flamegraph.pl and speedscope import
 (``module:function;module:function count`` a line); ``format=json`` gives the
-same stacks as JSON for the dashboard's flame graph.
+same stacks as JSON for the dashboard's flame graph; its ``available`` is false only
+for a store without the ``profile_stacks`` table (older than the profiler).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def profile(q: dict[str, str], conn: Any, since: float, until: float) -> Respons
                             limit=limit) if available else []
     if fmt == "json":
         return json_response({
-            "available": bool(stacks), "route": route, "method": method,
+            "available": available, "route": route, "method": method,
             "from": iso_utc(since), "to": iso_utc(until), "total": sum(n for _, n in stacks),
             "stacks": [{"stack": s, "samples": n} for s, n in stacks]})
     body = "".join(f"{s} {n}\n" for s, n in stacks).encode("utf-8", "backslashreplace")

@@ -337,6 +337,10 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS idx_profile_stacks_route ON profile_stacks(route, minute);
     CREATE INDEX IF NOT EXISTS idx_profile_stacks_minute ON profile_stacks(minute);
     """,
+    # 7: the process a profile row came from, as SQLite's migration 9.
+    """
+    ALTER TABLE profile_stacks ADD COLUMN IF NOT EXISTS pid INTEGER;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -46,6 +46,7 @@ from instrument.storage.rows import (
     COARSE_PERIODS,
     app_rows,
     log_rows,
+    profile_rows,
     scrub,
     system_rows,
     tier_rows,
@@ -206,8 +207,8 @@ class PostgreSQLBackend:
             _copy(cur, "system_metrics", _SYSTEM_COLUMNS, system_rows(other.get("system", ())),
                   host)
             _copy(cur, "app_metrics", _APP_COLUMNS, app_rows(other.get("app", ())), host)
-            _copy(cur, "profile_stacks", "minute, route, method, stack, samples, host",
-                  [s[1:] for s in other.get("profile", ())], host)
+            _copy(cur, "profile_stacks", "minute, route, method, stack, samples, pid, host",
+                  profile_rows(other.get("profile", ())), host)
             logs = other.get("log")
             if logs:  # in time order, as SQLite stores them: ids page newest-first by time
                 _copy(cur, "logs", _LOG_COLUMNS, log_rows(sorted(logs, key=_created)), host)

@@ -15,7 +15,8 @@ from typing import Any
 from instrument.core.batch import SYSTEM_COLUMNS, Batch, iso_utc
 from instrument.storage.histblob import sum_blobs
 
-__all__ = ["COARSE_PERIODS", "app_rows", "log_rows", "scrub", "system_rows", "tier_rows"]
+__all__ = ["COARSE_PERIODS", "app_rows", "log_rows", "profile_rows", "scrub", "system_rows",
+           "tier_rows"]
 
 #: Periods (seconds) of the coarse tiers; the minute tier is ``metric_rollups`` itself.
 COARSE_PERIODS = (600, 3600, 21600)
@@ -104,6 +105,12 @@ def system_rows(samples: Iterable[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 def app_rows(samples: Iterable[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """``app_metrics`` rows (timestamp, name, kind, value, pid) of ``("app", ...)`` samples."""
     return [(iso_utc(s[1]), s[2], s[3], s[4], s[5]) for s in samples]
+
+
+def profile_rows(samples: Iterable[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """``profile_stacks`` rows (minute, route, method, stack, samples, pid) of ``("profile",
+    ...)`` samples (the aggregator adds the pid; one built by hand may come without)."""
+    return [(s[1], s[2], s[3], s[4], s[5], s[6] if len(s) > 6 else None) for s in samples]
 
 
 def _escaped(value: Any) -> Any:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from instrument.core.batch import CALL_WIDTH, EXEMPLAR_WIDTH, REQUEST_WIDTH, Batch, iso_utc
 from instrument.core.forkguard import sqlite_section
 from instrument.storage.error_rows import delete_errors_before, write_errors
-from instrument.storage.rows import scrub
+from instrument.storage.rows import profile_rows, scrub
 from instrument.storage.sqlite_logs import delete_logs_before, write_logs
 from instrument.storage.sqlite_metrics import (
     delete_metrics_before,
@@ -69,7 +69,7 @@ _INSERT_EXEMPLAR = (
     " query, status_code, duration_ms, ttfb_ms, request_bytes, response_bytes, client,"
     " user_agent, exception, reason, pid)"
 )
-_INSERT_PROFILE = "INSERT INTO profile_stacks (minute, route, method, stack, samples)"
+_INSERT_PROFILE = "INSERT INTO profile_stacks (minute, route, method, stack, samples, pid)"
 _INSERT_CALL = (
     "INSERT INTO call_metrics (timestamp, kind, name, method, status_code, duration_ms,"
     " exception, pid)"
@@ -297,7 +297,7 @@ class SQLiteBackend:
                 write_logs(conn, logs)
             stacks = batch.other.get("profile")
             if stacks:
-                insert_rows(conn, _INSERT_PROFILE, 5, [s[1:] for s in stacks])
+                insert_rows(conn, _INSERT_PROFILE, 6, profile_rows(stacks))
             write_totals(conn, batch, self)
             conn.execute("COMMIT")
         except BaseException:

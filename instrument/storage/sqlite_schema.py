@@ -310,6 +310,10 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS idx_profile_stacks_route ON profile_stacks(route, minute);
     CREATE INDEX IF NOT EXISTS idx_profile_stacks_minute ON profile_stacks(minute);
     """,
+    # 9: the process a profile row came from (a row per process and hand-over).
+    """
+    ALTER TABLE profile_stacks ADD COLUMN pid INTEGER;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
