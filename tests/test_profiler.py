@@ -39,6 +39,19 @@ def slow_part() -> None:
     time.sleep(0.03)  # a sampled thread is seen waiting here: wall-clock, as a user wants
 
 
+def work_app() -> Flask:
+    """An instrumented Flask app whose one route, /work, spends its time in slow_part()."""
+    app = Flask(__name__)
+
+    @app.get("/work")
+    def work() -> str:
+        slow_part()
+        return "done"
+
+    Instrument(app)
+    return app
+
+
 def busy_part(seconds: float) -> int:
     end = time.perf_counter() + seconds
     n = 0
@@ -115,14 +128,7 @@ def test_the_api_serves_collapsed_stacks(db_path: Path) -> None:
     """GET profile: text flamegraph.pl reads, JSON for the page, 400 and 401 as elsewhere."""
     instrument.configure(metrics_db=str(db_path), flush_interval=0.2, profiler=True,
                          profiler_hz=200)
-    app = Flask(__name__)
-
-    @app.get("/work")
-    def work() -> str:
-        slow_part()
-        return "done"
-
-    Instrument(app)
+    app = work_app()
     with werkzeug_server(app) as url, requests.Session() as s:
         for _ in range(40):
             s.get(url + "/work", timeout=10)
@@ -184,14 +190,7 @@ def test_idle_threads_are_counted_not_attributed(db_path: Path) -> None:
     stats = instrument.stats()["profiler"]
     assert stats["on"] is True and stats["hz"] == 100 and stats["samples"] == 0
     assert stats["errors"] == 0
-    app = Flask(__name__)
-
-    @app.get("/work")
-    def work() -> str:
-        slow_part()
-        return "done"
-
-    Instrument(app)
+    app = work_app()
     with werkzeug_server(app) as url, requests.Session() as s:
         for _ in range(10):
             s.get(url + "/work", timeout=10)
@@ -225,14 +224,7 @@ def test_postgresql_stores_and_reads_the_same_stacks_as_sqlite(tmp_path: Path) -
     from instrument.storage.profile_query import profile_stacks
     from tests.pg_cluster import pg_cluster
 
-    app = Flask(__name__)
-
-    @app.get("/work")
-    def work() -> str:
-        slow_part()
-        return "done"
-
-    Instrument(app)
+    app = work_app()
     sqlite_file = tmp_path / "same.db"
     with pg_cluster() as pg:
         url = pg.new_schema()

@@ -575,7 +575,7 @@
   }
 
   // What pages.js draws with: one copy of each helper. pages.js sets .pages to its views.
-  window.instrumentUI = { el, svg, clear, api, num, ms, pct, bytes, when, lineChart, statusMix,
+  window.instrumentUI = { el, svg, clear, api, num, ms, pct, bytes, when, nice, lineChart, statusMix,
     showError, routeLink, href, parseHash, hashOf, window: window_, RANGES, pages: null };
   // Deferred scripts all run, in order, before DOMContentLoaded (readyState is "interactive"
   // while they do), so at DOMContentLoaded pages.js has registered; "load" and "complete" cover

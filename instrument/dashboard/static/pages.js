@@ -113,12 +113,6 @@
   }
 
   // -- charts ----------------------------------------------------------------------------
-  function niceTop(max) {
-    if (!(max > 0)) return 1;
-    const p = Math.pow(10, Math.floor(Math.log10(max)));
-    for (const m of [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) if (m * p >= max) return m * p;
-    return 10 * p;
-  }
   // Bars per doubling of latency; the doublings between the lowest and highest one that hold
   // nothing are drawn as empty slots, so a slow tail is seen as far from the bulk as it is.
   function histogram(box, bars) {
@@ -139,7 +133,7 @@
     const pad = { l: 44, r: 8, t: 8, b: 22 };
     const w = width - pad.l - pad.r;
     const h = height - pad.t - pad.b;
-    const top = niceTop(Math.max(...data.map((b) => b.count)));
+    const top = ui.nice(Math.max(...data.map((b) => b.count)));
     const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "Latency histogram: requests per duration" });
     const axis = chart.appendChild(svg("g", { class: "axis" }));
     for (let i = 0; i <= 2; i += 1) {
