@@ -67,7 +67,9 @@ def test_streaming_is_timed_to_the_last_byte(db_path: Path) -> None:
                        " client_disconnected FROM api_metrics WHERE endpoint LIKE '%stream%'")[0],
         query(db_path, "SELECT response_size_bytes FROM api_metrics WHERE"
                        " endpoint = '/blog/file/'")[0])
-    assert 300 <= ms <= took * 1000 and ttfb < ms - 200  # four pauses after the first chunk
+    # four pauses after the first chunk; the server closes the response after writing its last
+    # byte, so its end may trail the client's by a moment (309.56 against 309.31 ms once)
+    assert 300 <= ms <= took * 1000 + 50 and ttfb < ms - 200
     assert size == len(r.content) and disc == 0
     assert fsize == len(f.content) == Path(ROOT / "tests/django_site/blog/views.py").stat().st_size
 
