@@ -112,12 +112,16 @@ def _child(group: str, variant: str, n: int) -> None:
                          exemplars=0 if variant == "noexemplars" else 5)
     run = _runner(group, variant)
     run(300)  # warm-up: caches, specialisation, lazily built middleware stacks
-    from instrument.core import exemplars
+    from instrument.core import exemplars, trace
     # No flush() here (its wait loop would add a count that depends on the clock), so set
     # what the flusher publishes every second. Steady state: each route's cut is out and
     # its requests pay the compares only (a cut from the warm-up's timings would make the
     # count depend on how fast valgrind ran). "candidate": as at the start of a minute,
     # every request carries its details to the flusher.
+    # Trace and span ids are minted ahead by the flusher every second; asleep here, it would
+    # leave a long run minting its own (os.urandom) once the 2,048 ahead are used up.
+    trace._AHEAD = 4096  # the same for both run lengths: minting them cancels out
+    trace.top_up()
     if variant == "candidate":
         exemplars.CUTS.clear()
         exemplars.UNTIL[0] = 0.0
