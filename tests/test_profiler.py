@@ -124,6 +124,39 @@ def test_async_handlers_are_sampled_while_they_run(db_path: Path) -> None:
     assert all("busy_part" not in s for s in stacks(db_path, "/idle"))
 
 
+def test_fastapi_def_endpoints_are_sampled_in_their_worker_thread(db_path: Path) -> None:
+    """uvicorn: a plain ``def`` endpoint runs in anyio's worker thread, with no middleware
+    frame on its stack; the thread's copy of the request's context names its route. An idle
+    worker thread (waiting for its next job, the last job's context still in its frame) is
+    not attributed: the async route that follows is never charged with slow_part."""
+    instrument.configure(metrics_db=str(db_path), flush_interval=0.2, profiler=True,
+                         profiler_hz=200)
+    app = FastAPI()
+
+    @app.get("/work/{n}")
+    def work(n: int) -> dict[str, int]:
+        slow_part()
+        return {"n": n}
+
+    @app.get("/spin")
+    async def spin() -> dict[str, int]:
+        return {"n": busy_part(0.01)}
+
+    instrument_app(app)
+    with uvicorn_server(app) as url, httpx.Client() as client:
+        for i in range(30):
+            assert client.get(f"{url}/work/{i}").status_code == 200
+            assert client.get(f"{url}/spin").status_code == 200
+        instrument.shutdown()
+    found = stacks(db_path, "/work/{n}")
+    assert sum(found.values()) >= 50, found
+    assert share_with(found, "test_profiler:slow_part") > 0.5, found
+    spun = stacks(db_path, "/spin")
+    assert sum(spun.values()) > 0 and all("slow_part" not in s for s in spun), spun
+    assert all(route in ("/work/{n}", "/spin") for (route,) in
+               query(db_path, "SELECT DISTINCT route FROM profile_stacks")), "stray routes"
+
+
 def test_the_api_serves_collapsed_stacks(db_path: Path) -> None:
     """GET profile: text flamegraph.pl reads, JSON for the page, 400 and 401 as elsewhere."""
     instrument.configure(metrics_db=str(db_path), flush_interval=0.2, profiler=True,
@@ -169,6 +202,28 @@ def test_a_django_stream_is_attributed_through_its_body_counter(db_path: Path) -
     assert sum(found.values()) >= 20
     assert share_with(found, "blog.views:stream.<locals>.chunks") > 0.5
     assert all("chunks" not in s for s in stacks(db_path, "/articles/<int:year>/"))
+
+
+def test_django_sync_views_under_asgi_are_attributed_through_their_worker_context(
+        db_path: Path) -> None:
+    """Django under uvicorn: a sync view runs in asgiref's worker threads, with no middleware
+    frame on their stacks (the kit's middleware runs async, on the loop); their copy of the
+    request's context names the request."""
+    from django.core.asgi import get_asgi_application
+
+    from tests import django_env  # noqa: F401 - django.setup() with the test project
+
+    instrument.configure(metrics_db=str(db_path), flush_interval=0.2, profiler=True,
+                         profiler_hz=200)
+    with uvicorn_server(get_asgi_application(), lifespan="off") as url, httpx.Client() as c:
+        for _ in range(10):
+            assert c.get(url + "/legacy/abc/?pause=0.03").text == "legacy abc"
+            assert c.get(url + "/articles/2024/").status_code == 200
+        instrument.shutdown()
+    found = stacks(db_path, "/legacy/(?P<slug>[a-z]+)/$")
+    assert sum(found.values()) >= 30, found
+    assert share_with(found, "blog.views:legacy") > 0.5, found
+    assert all("legacy" not in s for s in stacks(db_path, "/articles/<int:year>/"))
 
 
 def test_idle_threads_are_counted_not_attributed(db_path: Path) -> None:

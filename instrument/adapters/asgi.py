@@ -10,6 +10,7 @@ server hears ``lifespan.shutdown.complete``.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Iterable
 from operator import itemgetter
 from time import perf_counter
@@ -20,7 +21,7 @@ from instrument.adapters.routes import RouteResolver
 from instrument.core.buffer import KIND_HTTP
 from instrument.core.context import COUNTER, IDS, PREFIX, READERS, current, incoming_id, route_of
 from instrument.core.exemplars import CUTS, DEFAULT, UNTIL
-from instrument.core.profiler import register
+from instrument.core.profiler import register, register_worker
 from instrument.core.runtime import OFF, runtime
 from instrument.core.trace import continued_bytes, fresh, tracestate, use
 from instrument.types import ASGIApp, Message, Receive, Scope, Send
@@ -189,6 +190,8 @@ class InstrumentMiddleware:
         self._tc = settings.trace_context
         if self._tc:
             use()  # fresh trace and span ids minted ahead from now on
+        if settings.profiler:
+            _profile_worker_threads()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -309,3 +312,19 @@ def _profiled(frame: Any) -> tuple[str, str] | None:
 
 
 register(InstrumentMiddleware.__call__.__code__, _profiled)
+
+
+def _profile_worker_threads() -> None:
+    """Let the profiler attribute anyio's worker threads, where FastAPI's and Starlette's
+    plain ``def`` endpoints run, to the request each runs for (found by its context)."""
+    try:
+        from anyio._backends._asyncio import WorkerThread
+    except ImportError:  # no anyio: nothing runs requests in its threads
+        return
+    try:
+        source, first = inspect.getsourcelines(WorkerThread.run)
+    except (OSError, TypeError):  # no source (a frozen build): leave them unattributed
+        return
+    lines = frozenset(first + i for i, line in enumerate(source) if "context.run(" in line)
+    if lines:
+        register_worker(WorkerThread.run.__code__, "context", lines)

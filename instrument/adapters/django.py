@@ -27,7 +27,7 @@ from instrument.core.batch import UNMATCHED
 from instrument.core.buffer import KIND_HTTP
 from instrument.core.context import COUNTER, IDS, PREFIX, READERS, current, incoming_id
 from instrument.core.exemplars import CUTS, DEFAULT, UNTIL
-from instrument.core.profiler import register
+from instrument.core.profiler import register, register_worker
 from instrument.core.runtime import OFF, runtime
 from instrument.core.trace import continued, fresh, tracestate, use
 
@@ -333,3 +333,17 @@ def _profiled(frame: Any) -> tuple[str, str] | None:
 for _code in (InstrumentMiddleware.__call__.__code__,
               _AsyncInstrumentMiddleware.__call__.__code__, count.__code__, acount.__code__):
     register(_code, _profiled)
+
+
+def _profile_sync_to_async() -> None:
+    """Under ASGI, Django runs sync views (and sync streams' iterators) in asgiref's worker
+    threads, inside ``SyncToAsync.__call__``'s inner ``func``, which holds the request's
+    copied context as ``context``: the profiler attributes those threads through it."""
+    from asgiref.sync import SyncToAsync
+
+    for const in SyncToAsync.__call__.__code__.co_consts:
+        if getattr(const, "co_name", None) == "func" and "context" in const.co_freevars:
+            register_worker(const, "context")
+
+
+_profile_sync_to_async()

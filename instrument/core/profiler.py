@@ -8,15 +8,17 @@ register their entry points' code objects with a reader (:func:`register`) that
 takes the route and method from that frame's request. The frames inside it are the
 sample's stack, the route's own work; a thread with no such frame (a server thread
 between requests, an event loop waiting in ``select``) is not in a request, and its
-sample is dropped and counted (``unattributed``). The request path pays nothing:
-with the profiler off there is no thread, and on, no adapter does anything for it.
+sample is dropped and counted (``unattributed``). The request path pays nothing
+with the profiler off (no thread); on, each request is made current in its context, as
+for log lines, so worker threads can be attributed.
 
 What it sees: a threaded WSGI server's request threads by wall clock (a view waiting
 on a socket or ``time.sleep`` is sampled waiting, as it should be); on an ASGI event
 loop, a coroutine only while it runs (an ``await`` hands the loop back, and the loop
 idle is unattributed), so an async route shows its CPU, not its waits. FastAPI's
 plain ``def`` endpoints (and Django's sync views under ASGI) run in a worker thread
-with no middleware frame on its stack, so their samples are unattributed too.
+with no middleware frame on its stack: :func:`register_worker` attributes those
+through the request's context, which the worker runs in.
 Registered: the WSGI middleware's call and its streamed-body generator, the ASGI
 middleware's coroutine, Django's middleware (sync and async) and its body counters.
 
@@ -33,11 +35,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextvars import Context
 from typing import Any
 
 from instrument.core.buffer import KIND_PROFILE
+from instrument.core.context import current
 
-__all__ = ["KIND_PROFILE", "Profiler", "register"]
+__all__ = ["KIND_PROFILE", "Profiler", "register", "register_worker"]
 
 _MAX_DEPTH = 128  # frames kept below the middleware (the innermost, where time is spent)
 _MAX_KEYS = 20_000  # (minute, route, method, stack) entries held between hand-overs
@@ -49,6 +53,29 @@ READERS: dict[Any, Callable[[Any], tuple[str, str] | None]] = {}
 def register(code: Any, reader: Callable[[Any], tuple[str, str] | None]) -> None:
     """Make frames running ``code`` mark a request; ``reader(frame)`` names its route."""
     READERS[code] = reader
+
+
+def register_worker(code: Any, local: str = "context",
+                    lines: frozenset[int] | None = None) -> None:
+    """Make a worker thread's frame running ``code`` mark the request it runs code for.
+
+    anyio's worker threads (FastAPI's and Starlette's plain ``def`` endpoints) and
+    asgiref's (Django's sync views under ASGI) run a request's code inside a copy of the
+    request's ``contextvars.Context``, held in a local of that frame (``local``); the
+    adapters made the request current in it (the profiler turns that on), so the copy
+    names it. ``lines``: the lines of ``code`` that run the request (outside them the
+    local still holds the previous job's context, and the thread is idle).
+    """
+    def reader(frame: Any) -> tuple[str, str] | None:
+        if lines is not None and frame.f_lineno not in lines:
+            return None
+        context = frame.f_locals.get(local)
+        request = context.get(current) if isinstance(context, Context) else None
+        if request is None:
+            return None
+        _rid, method, route = request.describe()
+        return str(route), str(method)
+    register(code, reader)
 
 
 def _label(code: Any, module: Any) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 from instrument.config import Settings
 from instrument.core.buffer import Recorder
+from instrument.core.context import READERS as REQUEST_READERS
 from instrument.core.exemplars import Picker
 from instrument.core.flusher import Flusher
 from instrument.core.profiler import Profiler
@@ -109,6 +110,9 @@ class Runtime:
                                              self.settings.exemplar_failures))
         self.flusher.start()
         if self.settings.profiler:
+            # each request made current (as for log lines): worker threads running a
+            # request's code are attributed to it through their copy of its context
+            REQUEST_READERS[0] = True
             self.profiler = Profiler(self.recorder.add, self.settings.profiler_hz)
             self.profiler.start()
 

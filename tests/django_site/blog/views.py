@@ -24,6 +24,9 @@ def archive(request: HttpRequest, year: int) -> HttpResponse:
 
 
 def legacy(request: HttpRequest, slug: str) -> HttpResponse:
+    pause = float(request.GET.get("pause", "0"))
+    if pause:  # a sync view that takes its time (the profiler's tests)
+        time.sleep(pause)
     return HttpResponse(f"legacy {slug}")
 
 
