@@ -4,5 +4,6 @@ Implemented in :mod:`instrument.adapters.celery`; import it from here.
 """
 
 from instrument.adapters.celery import instrument_celery
+from instrument.adapters.celery_queues import watch_queues
 
-__all__ = ["instrument_celery"]
+__all__ = ["instrument_celery", "watch_queues"]

@@ -405,3 +405,66 @@ def test_the_celery_example_runs_against_redis(redis_url: str, tmp_path: Path) -
     resized = [r for r in lines if r.get("message") == "resized"]
     assert len(resized) == 9
     assert {r["request_id"] for r in resized} == {summary["request_id"]}
+
+
+# -- queue lengths --------------------------------------------------------------------------
+def test_queue_lengths_are_read_from_redis_and_stored_as_gauges(
+        redis_url: str, db_path: Path) -> None:
+    """Messages waiting on a real redis-server (no worker takes them), on the default queue
+    with and without a priority and on a routed queue, read by the collector's cycle into
+    ``app_metrics``; a queue nobody published to is 0; after the broker empties, so is the
+    gauge (one connection, reused)."""
+    from instrument.celery import watch_queues
+    from instrument.metrics_collector import get_metrics_collector, reset_metrics_collector
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    instrument.configure(metrics_db=str(db_path), flush_interval=0.2)
+    reset_metrics_collector()
+    try:
+        for i in range(5):
+            tasks.ok.delay(i)
+        tasks.ok.apply_async((9,), priority=6)  # kombu keeps it in another list of the queue
+        for i in range(3):
+            tasks.ok.apply_async((i,), queue="reports")
+        assert list(watch_queues(tasks.app)) == ["celery_queue_length.kit_tests"]  # the default
+        readers = watch_queues(tasks.app, ["kit_tests", "reports", "idle"])
+        assert sorted(readers) == ["celery_queue_length.idle", "celery_queue_length.kit_tests",
+                                   "celery_queue_length.reports"]
+        assert "redis://" not in repr(readers)
+        collector = get_metrics_collector()
+        collector.collect_once()
+        assert {k: v for k, v in collector.get_app_metrics().items()
+                if k.startswith("celery_")} == {"celery_queue_length.kit_tests": 6.0,
+                                               "celery_queue_length.reports": 3.0,
+                                               "celery_queue_length.idle": 0.0}
+        client.flushall()
+        collector.collect_once()
+        assert collector.get_app_metrics()["celery_queue_length.kit_tests"] == 0.0
+        instrument.flush()
+        stored = query(db_path, "SELECT value FROM app_metrics WHERE name = ? AND kind = 'gauge'"
+                                " ORDER BY id", "celery_queue_length.kit_tests")
+        assert [v for (v,) in stored] == [6.0, 0.0]
+        for reader in readers.values():
+            reader.close()
+    finally:
+        reset_metrics_collector()
+        client.close()
+
+
+def test_a_broker_that_is_down_raises_and_drops_its_connection() -> None:
+    """No broker on the port: the read fails (the collector logs it once and goes on), with
+    no password in the error's text; nothing is left half-open."""
+    from celery import Celery
+
+    from instrument.adapters.celery_queues import QueueLength
+
+    app = Celery("down", broker=f"redis://:s3cret@{HOST}:{_free_port()}/0")
+    app.conf.broker_connection_timeout = 1
+    app.conf.broker_connection_retry = False
+    reader = QueueLength(app, "celery")
+    with pytest.raises(Exception) as failed:
+        reader()
+    assert "s3cret" not in str(failed.value) and "s3cret" not in repr(reader)
+    assert reader._conn is None
+    app.close()
