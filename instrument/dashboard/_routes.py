@@ -29,7 +29,8 @@ def _histogram(conn: Any, kind: str, route: str, method: str | None, lo: float,
                hi: float) -> list[dict[str, float]]:
     """Counts per doubling of latency (upper bound in ms), ascending, empty ones left out."""
     bars: dict[float, int] = {}
-    for (name, meth), (base, value) in histograms(conn, kind, plan(*bounds(lo, hi))).items():
+    for (name, meth), (base, value) in histograms(conn, kind, plan(*bounds(lo, hi)),
+                                                  route).items():
         if name != route or (method is not None and meth != method):
             continue
         for bucket, count in hist_pairs(value, base):

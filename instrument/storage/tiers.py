@@ -113,15 +113,17 @@ def rollups(conn: sqlite3.Connection, kind: str,
     return out
 
 
-def histograms(conn: sqlite3.Connection, kind: str,
-               plan: Plan) -> dict[tuple[str, str], tuple[int, int]]:
-    """Per-route merged histograms as (lowest bucket, :func:`hist_value` sum)."""
+def histograms(conn: sqlite3.Connection, kind: str, plan: Plan,
+               name: str | None = None) -> dict[tuple[str, str], tuple[int, int]]:
+    """Per-route merged histograms as (lowest bucket, :func:`hist_value` sum); ``name``:
+    one route's only (a route page reads just its own blobs, not every route's)."""
     if not plan:
         return {}
     part = "SELECT name, method, hist FROM metric_histograms WHERE period = ? AND start >= ?" \
-           " AND start < ? AND kind = ?"
+           " AND start < ? AND kind = ?" + (" AND name = ?" if name is not None else "")
     sql = " UNION ALL ".join([part] * len(plan))
-    args = [a for p in plan for a in (*p, kind)]
+    extra = (kind,) if name is None else (kind, name)
+    args = [a for p in plan for a in (*p, *extra)]
     blobs: dict[tuple[str, str], list[bytes]] = {}
     for name, method, blob in conn.execute(sql, args):
         blobs.setdefault((name, method), []).append(blob)
