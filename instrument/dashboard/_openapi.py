@@ -19,8 +19,10 @@ _NUM = {"type": "number"}
 _INT = {"type": "integer"}
 _STR = {"type": "string"}
 _TIME = {"oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]}
-_KIND = _q("kind", "Sample kind: http requests, decorated calls or outgoing client calls.",
-           {"type": "string", "enum": ["http", "call", "client"], "default": "http"})
+_KIND = _q("kind", "Sample kind: http requests, decorated calls, outgoing client calls, Celery"
+                   " tasks (the outcome as method) or their queue waits.",
+           {"type": "string", "enum": ["http", "call", "client", "task", "task_wait"],
+            "default": "http"})
 _HOURS = _q("hours", "Window: the last N hours (0 < N <= 9600).", {**_NUM, "default": 24})
 _FROM = _q("from", "Window start: epoch seconds or ISO 8601 (UTC if no zone).", _TIME)
 _TO = _q("to", "Window end (default now).", _TIME)

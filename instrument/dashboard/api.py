@@ -40,7 +40,7 @@ __all__ = ["MonitoringAPI"]
 
 log = logging.getLogger("instrument")
 
-KINDS = ("http", "call", "client")
+KINDS = ("http", "call", "client", "task", "task_wait")
 # Steps of 600 s and up are multiples of 600 so the 10-minute and hourly tiers can serve them.
 _NICE_STEPS = (60, 120, 300, 600, 1200, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 _MAX_POINTS = 1500

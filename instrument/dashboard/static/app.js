@@ -403,6 +403,17 @@
     ]);
   }
 
+  // Celery tasks (kind "task": the outcome is the method), with each task's queue wait
+  // (kind "task_wait", one row per task); the card shows only where tasks ran.
+  function renderTasks(rows, waits) {
+    $("tasks").hidden = rows.length === 0;
+    const wait = new Map(waits.map((x) => [x.route, x.p95_ms]));
+    fillTable("tasks-table", rows, (e) => [
+      [routeLink(e.route, e.method, "task"), "route"], [e.method], [num(e.requests), "num"],
+      [ms(e.p95_ms), "num"], [ms(e.avg_ms), "num"], [wait.has(e.route) ? ms(wait.get(e.route)) : "–", "num"],
+    ]);
+  }
+
   function renderCharts() {
     const ts = last.series;
     if (ts) {
@@ -458,16 +469,19 @@
   async function refreshOverview(current) {
     const w = window_();
     const range = { from: w.from, to: w.to, step: w.step };
-    const [summary, series, system, alerts, health] = await Promise.all([
+    const [summary, series, system, alerts, health, tasks, waits] = await Promise.all([
       api("metrics/summary", { hours: w.hours }),
       api("metrics/timeseries", Object.assign({ metric: "rate,error_rate,latency_p50,latency_p95,latency_p99" }, range)),
       api("metrics/system", range),
       api("alerts", { limit: 20 }),
       api("health"),
+      api("routes", { kind: "task", from: w.from, to: w.to, limit: 50 }),
+      api("routes", { kind: "task_wait", from: w.from, to: w.to, limit: 200 }),
     ]);
     if (!current()) return;
     last = { series: series, system: system };
     renderSummary(summary, w.period);
+    renderTasks(tasks.routes || [], waits.routes || []);
     renderCharts();
     renderAlerts(alerts);
     renderHealth(health);
