@@ -20,7 +20,7 @@ from instrument.dashboard.server import DashboardServer
 from tests.dashboard_fixtures import TOKEN, running_server
 from tests.test_dashboard_browser import Watched
 from tests.test_dashboard_browser import browser as browser  # the module's Chromium
-from tests.test_dashboard_pages import _watch, inert, title
+from tests.test_dashboard_pages import _watch, inert, shot, title
 
 MARKUP = "<img src=x onerror=window.__xss=3>"
 
@@ -66,6 +66,7 @@ def test_the_overview_lists_tasks_with_their_outcomes_and_links_to_a_task_page(
         assert by_task[MARKUP][1:3] == ["failure", "2"]  # the name shown as text
         assert by_task["shop.send_invoice"][5] == "\u2013"  # an en dash: never queued, no wait
         inert(w)
+        shot(w, "tasks")
         card.locator("a.route-link", has_text="shop.send_invoice").click()
         expect(title(p)).to_have_text(re.compile(r"shop\.send_invoice"), timeout=15_000)
         assert "kind=task" in p.url
