@@ -303,6 +303,18 @@ def test_the_worker_records_each_outcome_exactly(redis_url: str, tmp_path: Path)
     pids = query(worker.db, "SELECT method, count(DISTINCT pid) FROM call_metrics"
                             " WHERE kind = 'task' AND name = 'kit.ok' GROUP BY 1")
     assert dict(pids)["revoked"] == 1
+    # what the dashboard's tasks card reads: runs by outcome, and each task's queue wait
+    from tests.dashboard_fixtures import TOKEN, running_server
+    with running_server(worker.db) as (srv, _):
+        root = srv.url[: -len("/monitoring")] + "/api/v1/monitoring/routes"
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        card = {kind: requests.get(root, params={"kind": kind, "hours": 1}, headers=auth,
+                                   timeout=10).json()["routes"] for kind in ("task", "task_wait")}
+    assert sorted((r["route"], r["method"], r["requests"]) for r in card["task"]) == [
+        (n, m, c) for n, m, _, c in runs]
+    assert sorted((r["route"], r["requests"]) for r in card["task_wait"]) == [
+        (n, c) for n, c, *_ in waits]
+    assert all(r["p95_ms"] is not None and r["p95_ms"] >= 0 for r in card["task_wait"])
 
 
 def test_tasks_the_worker_stops_count_once_from_its_main_process(redis_url: str,
