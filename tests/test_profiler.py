@@ -147,7 +147,9 @@ def test_fastapi_def_endpoints_are_sampled_in_their_worker_thread(db_path: Path)
         for i in range(30):
             assert client.get(f"{url}/work/{i}").status_code == 200
             assert client.get(f"{url}/spin").status_code == 200
+        seen = instrument.stats()["profiler"]
         instrument.shutdown()
+    assert seen["errors"] == 0, seen  # the reader never tripped on a worker's frame
     found = stacks(db_path, "/work/{n}")
     assert sum(found.values()) >= 50, found
     assert share_with(found, "test_profiler:slow_part") > 0.5, found
@@ -219,7 +221,9 @@ def test_django_sync_views_under_asgi_are_attributed_through_their_worker_contex
         for _ in range(10):
             assert c.get(url + "/legacy/abc/?pause=0.03").text == "legacy abc"
             assert c.get(url + "/articles/2024/").status_code == 200
+        seen = instrument.stats()["profiler"]
         instrument.shutdown()
+    assert seen["errors"] == 0, seen
     found = stacks(db_path, "/legacy/(?P<slug>[a-z]+)/$")
     assert sum(found.values()) >= 30, found
     assert share_with(found, "blog.views:legacy") > 0.5, found
