@@ -270,10 +270,13 @@ class InstrumentMiddleware:
                       exc or scope.get(EXC_KEY), disc)
             exc = None  # the flusher has it (its group): no frame -> exception cycle kept here
             # Recorder.add, inlined: a bounded append, or an exact drop count
+            # (below half full, the common case, one compare: high <= cap)
             n = len(_buf)
-            if n < _rec.cap:
+            if n < _rec.high:
                 _buf.extend(sample)  # flat: see _buffer
-                if _rec.high <= n < _rec.high_end:
+            elif n < _rec.cap:
+                _buf.extend(sample)
+                if n < _rec.high_end:  # the one append that crosses half full wakes it
                     _rec.wake()
             else:
                 next(_rec.drops)

@@ -130,10 +130,13 @@ class _Exchange:
             disc = not self.done
         sample = (KIND_HTTP, t0, t1, self.tf or t1, name, req.method, status, qb, rb, exc, disc)
         # Recorder.add, inlined: a bounded append, or an exact drop count
+        # (below half full, the common case, one compare: high <= cap)
         n = len(_buf)
-        if n < _rec.cap:
+        if n < _rec.high:
             _buf.extend(sample)  # flat: see core.buffer
-            if _rec.high <= n < _rec.high_end:
+        elif n < _rec.cap:
+            _buf.extend(sample)
+            if n < _rec.high_end:  # the one append that crosses half full wakes it
                 _rec.wake()
         else:
             next(_rec.drops)

@@ -177,10 +177,13 @@ class _Exchange(list[bytes]):
         sample = (KIND_HTTP, t0, t1, self.tf or t1, route, env.get("REQUEST_METHOD"), status,
                   inp.n if inp is not None else 0, rb, exc or env.get(EXC_KEY), disc)
         # Recorder.add, inlined: a bounded append, or an exact drop count
+        # (below half full, the common case, one compare: high <= cap)
         n = len(_buf)
-        if n < _rec.cap:
+        if n < _rec.high:
             _buf.extend(sample)  # flat: see _buffer
-            if _rec.high <= n < _rec.high_end:
+        elif n < _rec.cap:
+            _buf.extend(sample)
+            if n < _rec.high_end:  # the one append that crosses half full wakes it
                 _rec.wake()
         else:
             next(_rec.drops)
