@@ -139,6 +139,20 @@ def test_explicit_window_with_ragged_edges_uses_every_tier(day: Path) -> None:
     assert result["api"]["window_minutes"] == (hi - lo) / 60
 
 
+def test_one_route_reads_the_same_row_as_the_whole_table(day: Path) -> None:
+    """``route=``: only that route's rollups and histograms are read (a route's page), and
+    its row is the one the all-routes table holds, over every tier."""
+    now = time.time()
+    start, end = now - 26 * HOUR - 7 * 60 - 17, now - 2 * HOUR - 13 * 60 - 41
+    everything = queries.api_stats(day, start, end)["endpoints"]
+    assert len({e["endpoint"] for e in everything}) == len(DISTRIBUTIONS)
+    for route in DISTRIBUTIONS:
+        alone = queries.api_stats(day, start, end, route=route)
+        assert alone["endpoints"] == [e for e in everything if e["endpoint"] == route]
+        assert alone["api"]["request_count"] == alone["endpoints"][0]["request_count"] > 0
+    assert queries.api_stats(day, start, end, route="/never")["endpoints"] == []
+
+
 @pytest.mark.parametrize("route", sorted(DISTRIBUTIONS))
 def test_percentiles_within_5_percent_per_distribution(day: Path, route: str) -> None:
     """p50/p95/p99 of each latency distribution are within 5 % of the exact values."""

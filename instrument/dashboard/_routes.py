@@ -42,7 +42,8 @@ def _histogram(conn: Any, kind: str, route: str, method: str | None, lo: float,
 def route_detail(route: str, method: str | None, kind: str, conn: Any, since: float,
                  until: float, stats_of: Any) -> Response:
     """``stats_of``: the API's own naming of one per-route row (``_route_stats``)."""
-    found = [e for e in queries.api_stats(conn, since, until, kind=kind, top=1)["endpoints"]
+    found = [e for e in queries.api_stats(conn, since, until, kind=kind, top=1,
+                                          route=route)["endpoints"]
              if e["endpoint"] == route and (method is None or e["method"] == method)]
     if not found:
         return problem(404, f"No {kind} route {route!r}"

@@ -90,19 +90,20 @@ def _stats(count: int, errors: int, sum_ms: float, max_ms: float | None, ttfb: f
 
 
 def api_stats(db: Database, start: float, end: float | None = None, *, kind: str = "http",
-              top: int = 5) -> dict[str, Any]:
+              top: int = 5, route: str | None = None) -> dict[str, Any]:
     """Totals, rates, percentiles and status codes for ``kind``, plus the per-route table.
 
     Returns ``{'api': {...}, 'endpoints': [...], 'slowest_endpoints': [...],
     'most_failing_endpoints': [...]}``; errors are status >= 500 or an exception,
-    ``client_error_count`` is 4xx.
+    ``client_error_count`` is 4xx. ``route``: that route's rows only (its methods), so a
+    route's page reads its own rollups, not every route's.
     """
     lo, hi = bounds(start, end)
     periods = plan(lo, hi)
     seconds = covered(lo, hi)
     with _db(db) as conn:
-        sums = rollups(conn, kind, periods)
-        hists = histograms(conn, kind, periods)
+        sums = rollups(conn, kind, periods, route)
+        hists = histograms(conn, kind, periods, route)
     routes: dict[tuple[str, str], list[Any]] = {}
     statuses: dict[int, int] = {}
     for (name, method, status), (count, errors, sum_ms, max_ms, ttfb, qb, rb) in sums.items():

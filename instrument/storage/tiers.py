@@ -82,22 +82,26 @@ SUMS = ("sum(count), sum(errors), sum(sum_ms), max(max_ms), sum(sum_ttfb_ms),"
          " sum(request_bytes), sum(response_bytes)")
 
 
-def rollups(conn: sqlite3.Connection, kind: str,
-            plan: Plan) -> dict[tuple[str, str, int], list[Any]]:
-    """Rollup sums per (name, method, status) over the planned periods."""
+def rollups(conn: sqlite3.Connection, kind: str, plan: Plan,
+            name: str | None = None) -> dict[tuple[str, str, int], list[Any]]:
+    """Rollup sums per (name, method, status) over the planned periods; ``name``: one
+    route's only."""
     out: dict[tuple[str, str, int], list[Any]] = {}
+    one = " AND name = ?" if name is not None else ""
+    extra: tuple[Any, ...] = (kind,) if name is None else (kind, name)
     # One grouped query per range; merging their hundred-odd result rows here costs half
     # as much as having SQLite sort one UNION ALL of every row.
     for period, lo, hi in plan:
         if period == 60:
             sql = (f"SELECT name, method, status_code, {SUMS} FROM metric_rollups WHERE"
-                   " minute >= ? AND minute < ? AND kind = ? GROUP BY name, method, status_code")
-            args: tuple[Any, ...] = (lo, hi, kind)
+                   f" minute >= ? AND minute < ? AND kind = ?{one}"
+                   " GROUP BY name, method, status_code")
+            args: tuple[Any, ...] = (lo, hi, *extra)
         else:
             sql = (f"SELECT name, method, status_code, {SUMS} FROM metric_rollups_coarse WHERE"
-                   " period = ? AND start >= ? AND start < ? AND kind = ?"
+                   f" period = ? AND start >= ? AND start < ? AND kind = ?{one}"
                    " GROUP BY name, method, status_code")
-            args = (period, lo, hi, kind)
+            args = (period, lo, hi, *extra)
         for name, method, status, *v in conn.execute(sql, args):
             r = out.get((name, method, status))
             if r is None:
