@@ -450,6 +450,7 @@ def test_queue_lengths_are_read_from_redis_and_stored_as_gauges(
                 if k.startswith("celery_")} == {"celery_queue_length.kit_tests": 6.0,
                                                "celery_queue_length.reports": 3.0,
                                                "celery_queue_length.idle": 0.0}
+        assert readers["celery_queue_length.idle"]._conn is not None  # kept: no reconnects
         client.flushall()
         collector.collect_once()
         assert collector.get_app_metrics()["celery_queue_length.kit_tests"] == 0.0

@@ -10,6 +10,7 @@ server hears ``lifespan.shutdown.complete``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from collections.abc import Awaitable, Iterable
 from operator import itemgetter
@@ -317,6 +318,7 @@ def _profiled(frame: Any) -> tuple[str, str] | None:
 register(InstrumentMiddleware.__call__.__code__, _profiled)
 
 
+@functools.cache  # once a process: every middleware instance asks
 def _profile_worker_threads() -> None:
     """Let the profiler attribute anyio's worker threads, where FastAPI's and Starlette's
     plain ``def`` endpoints run, to the request each runs for (found by its context)."""

@@ -29,7 +29,8 @@ class QueueLength:
 
     A failed read drops the connection (the next cycle opens a new one) and raises, so
     the collector logs it once; a queue the broker does not know (no list on Redis, not
-    declared yet on RabbitMQ) is empty.
+    declared yet on RabbitMQ) is empty, and keeps the connection unless the broker closed
+    the channel over it (AMQP does; Redis's virtual channel stays open).
     """
 
     def __init__(self, app: Any, queue: str) -> None:
@@ -42,14 +43,17 @@ class QueueLength:
         with self._lock:
             if self._conn is None:
                 self._conn = self.app.connection_for_read()
-            conn = self._conn
+            channel = None
             try:
-                ok = conn.default_channel.queue_declare(queue=self.queue, passive=True)
+                channel = self._conn.default_channel  # connects on first use
+                ok = channel.queue_declare(queue=self.queue, passive=True)
             except Exception as exc:
-                self._drop()
-                if _not_found(exc):
-                    return 0.0
-                raise
+                if channel is None or "NOT_FOUND" not in str(exc):  # AMQP's 404, Redis's too
+                    self._drop()
+                    raise
+                if not getattr(channel, "is_open", True):
+                    self._drop()
+                return 0.0
             return float(ok.message_count)
 
     def close(self) -> None:
@@ -67,15 +71,6 @@ class QueueLength:
 
     def __repr__(self) -> str:  # the broker URL may carry a password: never shown
         return f"QueueLength(queue={self.queue!r})"
-
-
-def _not_found(exc: BaseException) -> bool:
-    """A passive declare of a queue that does not exist (yet): AMQP's 404, which kombu's
-    Redis transport also raises for a queue with no list (nothing waiting)."""
-    code = getattr(exc, "code", None)
-    first = exc.args[0] if exc.args else None
-    return (type(exc).__name__ == "NotFound" or str(code) == "404" or str(first) == "404"
-            or "NOT_FOUND" in str(exc))
 
 
 def watch_queues(app: Any, queues: Iterable[str] | None = None) -> dict[str, QueueLength]:

@@ -76,9 +76,11 @@ class Recorder:
         """Append one sample tuple, or count it as dropped when the buffer is full."""
         buf = self.buf
         n = len(buf)
-        if n < self.cap:
+        if n < self.high:  # below half full, the common case: one compare (high <= cap)
             buf.append(sample)
-            if self.high <= n < self.high_end:
+        elif n < self.cap:
+            buf.append(sample)
+            if n < self.high_end:  # the one append that crosses half full wakes the flusher
                 self.wake()
         else:
             next(self.drops)
@@ -87,9 +89,11 @@ class Recorder:
         """Store a sample of a :data:`FLAT_FIELDS` kind flat (what the inlined adapters do)."""
         buf = self.buf
         n = len(buf)
-        if n < self.cap:
+        if n < self.high:  # below half full, the common case: one compare (high <= cap)
             buf.extend(sample)
-            if self.high <= n < self.high_end:
+        elif n < self.cap:
+            buf.extend(sample)
+            if n < self.high_end:  # the one append that crosses half full wakes the flusher
                 self.wake()
         else:
             next(self.drops)

@@ -29,9 +29,9 @@ def _histogram(conn: Any, kind: str, route: str, method: str | None, lo: float,
                hi: float) -> list[dict[str, float]]:
     """Counts per doubling of latency (upper bound in ms), ascending, empty ones left out."""
     bars: dict[float, int] = {}
-    for (name, meth), (base, value) in histograms(conn, kind, plan(*bounds(lo, hi)),
+    for (_, meth), (base, value) in histograms(conn, kind, plan(*bounds(lo, hi)),
                                                   route).items():
-        if name != route or (method is not None and meth != method):
+        if method is not None and meth != method:  # (read for this route only: by method)
             continue
         for bucket, count in hist_pairs(value, base):
             upper = 2.0 ** math.ceil(math.log2(bucket_bounds(bucket)[1]) - 1e-9)
