@@ -11,7 +11,11 @@ SYSTEM_PACKAGES ?= prometheus-alertmanager chromium prometheus postgresql valgri
 $(PY):
 	python3 -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
+# The install compiles the kit's C helpers (hatch_build.py): a compiler and the interpreter's
+# headers first, so the tests meet the compiled code, not only its pure-Python twins.
+$(STAMP): pyproject.toml hatch_build.py $(wildcard instrument/*/_*.c) | $(PY)
+	bash .ci/system-deps.sh gcc
+	$(PY) -c "import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" || bash .ci/system-deps.sh python3-dev
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)

@@ -94,6 +94,7 @@ MAX_NUMBER = 8000  # one round's samples stay under the buffer's high-water mark
 KIT = "instrument"
 KIT_NO_ID = "instrument, request_id off"
 KIT_LOGS = "instrument, ids made current for logs"
+KIT_PURE = "instrument, pure Python"  # INSTRUMENT_NATIVE=false: no compiled exchange
 
 Variants = list[tuple[str, Callable[[int], float]]]
 
@@ -119,7 +120,18 @@ class Kit:
     def __init__(self, db: str) -> None:
         self.db = db
 
-    def both(self, build: Callable[[], Callable[[int], float]]) -> Variants:
+    def both(self, build: Callable[[], Callable[[int], float]],
+             pure: bool = False) -> Variants:
+        """The kit's variants; ``pure`` adds the ASGI middleware without its compiled part."""
+        extra: Variants = []
+        if pure:
+            instrument.configure(metrics_db=self.db, native=False)
+            try:
+                python = build()
+                python(1)
+            finally:
+                instrument.configure(metrics_db=self.db)
+            extra.append((KIT_PURE, python))
         instrument.configure(metrics_db=self.db, request_id=False)
         try:
             plain = build()
@@ -128,7 +140,8 @@ class Kit:
             instrument.configure(metrics_db=self.db)
         default = build()
         default(1)
-        return [(KIT, default), (KIT_LOGS, _with_log_readers(default)), (KIT_NO_ID, plain)]
+        return [(KIT, default), (KIT_LOGS, _with_log_readers(default)), (KIT_NO_ID, plain),
+                *extra]
 
 
 def _installed(module: str) -> bool:
@@ -251,7 +264,8 @@ def asgi_group(loop: Any, kit: Kit, otel: Any, runner: Runner = asgi_runner) -> 
 
     out = [("bare", runner(loop, _asgi_hello, "/hello")),
            ("floor", runner(loop, floor_asgi(_asgi_hello), "/hello")),
-           *kit.both(lambda: runner(loop, InstrumentMiddleware(_asgi_hello), "/hello"))]
+           *kit.both(lambda: runner(loop, InstrumentMiddleware(_asgi_hello), "/hello"),
+                     pure=True)]
     if otel is not None and _installed("opentelemetry.instrumentation.asgi"):
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
         peer = OpenTelemetryMiddleware(_asgi_hello, tracer_provider=otel[0],
@@ -301,7 +315,7 @@ def starlette_group(loop: Any, kit: Kit, otel: Any, fastapi: bool, model: bool =
         return runner(loop, _starlette_app(fastapi, *middleware, model=model), "/items/42")
 
     out = [("bare", app()), ("floor", app(Middleware(FloorASGI))),
-           *kit.both(lambda: app(Middleware(InstrumentMiddleware)))]
+           *kit.both(lambda: app(Middleware(InstrumentMiddleware)), pure=True)]
     if not fastapi and _installed("starlette_exporter"):
         from starlette_exporter import PrometheusMiddleware
         out.append(("starlette-exporter", app(Middleware(PrometheusMiddleware))))

@@ -97,6 +97,13 @@ def make_app(events: dict[str, threading.Event]) -> Starlette:
     return app
 
 
+@pytest.fixture(autouse=True, params=[True, False], ids=["compiled", "python"])
+def _exchange(request: pytest.FixtureRequest, _isolated_kit: None,
+              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test here runs with the compiled exchange and with its pure-Python twin."""
+    monkeypatch.setenv("INSTRUMENT_NATIVE", "true" if request.param else "false")
+
+
 @pytest.fixture
 def events() -> dict[str, threading.Event]:
     return {name: threading.Event() for name in ("startup", "shutdown", "background")}

@@ -75,12 +75,11 @@ def _header(headers: Any, name: bytes) -> bytes | None:
     return None
 
 
-class _Exchange:
-    """One request: counters, the wrapped receive and send, and the request context."""
+class _Methods:
+    """What the pure-Python and the compiled exchange share (the compiled one has ``send``)."""
 
-    __slots__ = ("_receive", "_send", "disc", "qb", "rb", "rid", "scope", "status", "t_end", "tf",
-                 "tp")
-    # Annotations only (no values: slots and class attributes cannot share a name).
+    __slots__ = ()
+    # the fields, as either exchange holds them (slots here, a C struct there)
     _receive: Any
     _send: Any
     disc: bool
@@ -94,7 +93,6 @@ class _Exchange:
     # this request's traceparent: bytes when it came with one (and the response says so), str
     # when it started a trace on first use, None before that, b"" with trace context off
     tp: bytes | str | None
-    # No __init__: the middleware sets the slots inline, a Python call frame costs more.
 
     async def receive(self) -> Message:
         message = await self._receive()
@@ -102,12 +100,46 @@ class _Exchange:
         if kind == "http.request":
             body = message.get("body")
             if body:
-                self.qb += len(body)
+                self.qb += len(body)  # type: ignore[misc]
         elif kind == "http.disconnect" and not self.t_end:
             # Servers answer receive() with http.disconnect once the response is complete
             # (Starlette's streaming responses listen for it): only earlier ones count.
-            self.disc = True
+            self.disc = True  # type: ignore[misc]  # a field of both subclasses
         return message
+
+    def describe(self) -> tuple[str, str, str]:
+        return self.rid or "", self.scope.get("method", ""), route_of(self.scope)
+
+    def traceparent(self) -> str | None:
+        """This request's own ``traceparent`` (its span); a trace is started on first use."""
+        tp = self.tp
+        if tp is None:
+            tp = self.tp = fresh()  # type: ignore[misc]
+        elif tp.__class__ is bytes:
+            return tp.decode("ascii") or None
+        return tp  # type: ignore[return-value]
+
+    def tracestate(self) -> str | None:
+        """The caller's ``tracestate``, when this request continues the caller's trace."""
+        tp = self.tp
+        if not tp or tp.__class__ is not bytes:
+            return None
+        headers = self.scope.get("headers") or ()
+        raw = _header(headers, _TP_NAME)
+        if raw is None or raw[3:35] != tp[3:35]:
+            return None
+        return tracestate(_header(headers, _TS_NAME))
+
+
+class _Exchange(_Methods):
+    """One request: counters, the wrapped receive and send, and the request context.
+
+    The reference for the compiled exchange (``_asgi.c``) and the fallback without it.
+    """
+
+    __slots__ = ("_receive", "_send", "disc", "qb", "rb", "rid", "scope", "status", "t_end", "tf",
+                 "tp")
+    # No __init__: the middleware sets the slots inline, a Python call frame costs more.
 
     def send(self, message: Message) -> Awaitable[None]:
         # Not a coroutine function: it hands back the server's own awaitable, so a send
@@ -145,28 +177,26 @@ class _Exchange:
         await self._send(message)
         self.t_end = perf_counter()
 
-    def describe(self) -> tuple[str, str, str]:
-        return self.rid or "", self.scope.get("method", ""), route_of(self.scope)
 
-    def traceparent(self) -> str | None:
-        """This request's own ``traceparent`` (its span); a trace is started on first use."""
-        tp = self.tp
-        if tp is None:
-            tp = self.tp = fresh()
-        elif tp.__class__ is bytes:
-            return tp.decode("ascii") or None
-        return tp  # type: ignore[return-value]
+_Native: Any
+try:
+    from instrument.adapters import _asgi
+except ImportError:  # not compiled at install (no C compiler): the pure-Python exchange
+    _Native = None
+else:
+    class _Native(_asgi.Exchange, _Methods):  # type: ignore[no-redef]
+        """The exchange compiled: its fields, ``send``, and ``record`` (the request's sample
+        into the buffer, as the middleware's ``finally`` does in Python). Built with
+        ``_Native(scope, receive, send)``; the rest is set as on the Python one."""
 
-    def tracestate(self) -> str | None:
-        """The caller's ``tracestate``, when this request continues the caller's trace."""
-        tp = self.tp
-        if not tp or tp.__class__ is not bytes:
-            return None
-        headers = self.scope.get("headers") or ()
-        raw = _header(headers, _TP_NAME)
-        if raw is None or raw[3:35] != tp[3:35]:
-            return None
-        return tracestate(_header(headers, _TS_NAME))
+        __slots__ = ()
+
+    _asgi.bind(_rec, _buf.extend, UNTIL, DEFAULT, CUTS, EXC_KEY, KIND_HTTP)
+
+
+def exchange_class(native: bool = True) -> type[_Methods]:
+    """The exchange a middleware uses: the compiled one when built and ``native``."""
+    return _Native if native and _Native is not None else _Exchange
 
 
 class InstrumentMiddleware:
@@ -189,6 +219,8 @@ class InstrumentMiddleware:
         self._resolve = RouteResolver(app).__call__  # a bound method: cheaper to call
         self._rid = settings.request_id
         self._tc = settings.trace_context
+        self._exchange = exchange_class(settings.native)
+        self._native = self._exchange is _Native
         if self._tc:
             use()  # fresh trace and span ids minted ahead from now on
         if settings.profiler:
@@ -205,14 +237,18 @@ class InstrumentMiddleware:
             await self._bypass(scope, receive, send)
             return
         root0 = scope.get("root_path", "")
-        ex = _Exchange()
-        ex.scope = scope
-        ex._receive = receive
-        ex._send = send
-        ex.qb = ex.rb = 0
-        ex.status = 500
-        ex.tf = ex.t_end = 0.0
-        ex.disc = False
+        native = self._native
+        if native:  # its constructor sets what the Python one's lines below do
+            ex = _Native(scope, receive, send)
+        else:
+            ex = _Exchange()
+            ex.scope = scope
+            ex._receive = receive
+            ex._send = send
+            ex.qb = ex.rb = 0
+            ex.status = 500
+            ex.tf = ex.t_end = 0.0
+            ex.disc = False
         tok = None
         headers = scope["headers"]
         # Servers send (name, value) tuples; for one sending lists, the names are scanned.
@@ -259,28 +295,32 @@ class InstrumentMiddleware:
                 except (ValueError, RuntimeError):  # left from another context
                     _set(None)
             route = self._resolve(scope, root0)
-            status = 500 if exc else ex.status
-            # a candidate exemplar carries its details (see the WSGI middleware)
-            if (t0 >= _ex_until[0] or t1 - t0 >= _cut(route, _ex_default[0])
-                    or status >= 500):
-                disc: Any = (ex.disc, ex.rid, scope.get("path"), scope.get("query_string"),
-                             scope.get("client"), _header(scope["headers"], _UA_NAME), ex.tp)
+            if native:  # the Python lines below, compiled: the same sample, the same append
+                ex.record(t0, t1, route, exc)
+                exc = None  # the flusher has it (its group): no frame -> exception cycle kept
             else:
-                disc = ex.disc
-            sample = (KIND_HTTP, t0, t1, ex.tf, route, scope["method"], status, ex.qb, ex.rb,
-                      exc or scope.get(EXC_KEY), disc)
-            exc = None  # the flusher has it (its group): no frame -> exception cycle kept here
-            # Recorder.add, inlined: a bounded append, or an exact drop count
-            # (below half full, the common case, one compare: high <= cap)
-            n = len(_buf)
-            if n < _rec.high:
-                _buf.extend(sample)  # flat: see _buffer
-            elif n < _rec.cap:
-                _buf.extend(sample)
-                if n < _rec.high_end:  # the one append that crosses half full wakes it
-                    _rec.wake()
-            else:
-                next(_rec.drops)
+                status = 500 if exc else ex.status
+                # a candidate exemplar carries its details (see the WSGI middleware)
+                if (t0 >= _ex_until[0] or t1 - t0 >= _cut(route, _ex_default[0])
+                        or status >= 500):
+                    disc: Any = (ex.disc, ex.rid, scope.get("path"), scope.get("query_string"),
+                                 scope.get("client"), _header(scope["headers"], _UA_NAME), ex.tp)
+                else:
+                    disc = ex.disc
+                sample = (KIND_HTTP, t0, t1, ex.tf, route, scope["method"], status, ex.qb,
+                          ex.rb, exc or scope.get(EXC_KEY), disc)
+                exc = None  # as above
+                # Recorder.add, inlined: a bounded append, or an exact drop count
+                # (below half full, the common case, one compare: high <= cap)
+                n = len(_buf)
+                if n < _rec.high:
+                    _buf.extend(sample)  # flat: see _buffer
+                elif n < _rec.cap:
+                    _buf.extend(sample)
+                    if n < _rec.high_end:  # the one append that crosses half full wakes it
+                        _rec.wake()
+                else:
+                    next(_rec.drops)
 
 
 class _FlushOnShutdown:

@@ -1,0 +1,907 @@
+/* The ASGI middleware's per-request exchange, compiled: its fields and its ``send``.
+ *
+ * ``send`` runs two or three times a request, in the user's request path, and in
+ * Python it is the largest part of what the middleware adds to a FastAPI route
+ * (benchmarks/overhead.py). Here it reads the message, counts body bytes, adds the
+ * response headers and hands back the server's own awaitable; the last body chunk
+ * is wrapped in ``LastSend``, an awaitable that stamps the end time once the server
+ * has taken the chunk, as the Python ``_send_last`` coroutine does, without a
+ * coroutine frame. ``instrument/adapters/asgi.py`` keeps the pure-Python exchange as
+ * the reference and the fallback (no compiler at install, or INSTRUMENT_NATIVE=false);
+ * tests/test_asgi_native.py holds the two to the same behaviour.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+static PyObject *s_type, *s_body, *s_more_body, *s_status, *s_headers;
+static PyObject *s_kind_body, *s_kind_start, *s_kind_pathsend, *s_throw, *s_close;
+static PyObject *b_rid_name, *b_tp_name, *b_ua_name, *perf_counter, *empty_tuple, *int500;
+static PyObject *s_path, *s_query_string, *s_client, *s_method, *s_high, *s_cap, *s_high_end;
+static PyObject *s_wake, *s_drops;
+/* what record() appends to, bound once by asgi.py (bind()): the process's recorder, its
+   buffer's extend, the exemplar cut-offs (exemplars.UNTIL, DEFAULT, CUTS) and the names */
+static PyObject *rec, *extend, *until, *cut_default, *cuts, *exc_key, *kind_http;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *receive;
+    PyObject *send;
+    PyObject *scope;
+    PyObject *status;
+    PyObject *rid;
+    PyObject *tp;
+    Py_ssize_t qb;
+    Py_ssize_t rb;
+    double tf;
+    double t_end;
+    char disc;
+} Exchange;
+
+typedef struct {
+    PyObject_HEAD
+    Exchange *ex;
+    PyObject *aw;  /* the server's awaitable */
+    PyObject *it;  /* its iterator, once awaited */
+} LastSend;
+
+static PyTypeObject LastSendType;
+
+/* perf_counter() as a double; -1.0 with an exception set on failure */
+static double
+now(void)
+{
+    PyObject *t = PyObject_CallNoArgs(perf_counter);
+    if (t == NULL) {
+        return -1.0;
+    }
+    double d = PyFloat_AsDouble(t);
+    Py_DECREF(t);
+    return d;
+}
+
+/* message[key] (a new reference), NULL without an error when it is absent */
+static PyObject *
+get(PyObject *message, PyObject *key)
+{
+    PyObject *v;
+    if (PyDict_CheckExact(message)) {
+        v = PyDict_GetItemWithError(message, key);
+        Py_XINCREF(v);
+        return v;
+    }
+    v = PyObject_GetItem(message, key);
+    if (v == NULL && PyErr_ExceptionMatches(PyExc_KeyError)) {
+        PyErr_Clear();
+    }
+    return v;
+}
+
+/* 1 when str ``a`` equals the interned ``b``, 0 when not, -1 on an error */
+static int
+is(PyObject *a, PyObject *b)
+{
+    if (a == b) {
+        return 1;
+    }
+    if (PyUnicode_CheckExact(a)) {
+        return PyUnicode_Compare(a, b) == 0;
+    }
+    return PyObject_RichCompareBool(a, b, Py_EQ);
+}
+
+static PyObject *
+last_send(Exchange *ex, PyObject *message)
+{
+    PyObject *aw = PyObject_CallOneArg(ex->send, message);
+    if (aw == NULL) {
+        return NULL;
+    }
+    LastSend *ls = PyObject_GC_New(LastSend, &LastSendType);
+    if (ls == NULL) {
+        Py_DECREF(aw);
+        return NULL;
+    }
+    Py_INCREF(ex);
+    ls->ex = ex;
+    ls->aw = aw;
+    ls->it = NULL;
+    PyObject_GC_Track(ls);
+    return (PyObject *)ls;
+}
+
+/* the response's headers with the request id and the traceparent added: a new list */
+static int
+add_headers(Exchange *self, PyObject *message, int with_rid, int with_tp)
+{
+    PyObject *headers = get(message, s_headers);
+    if (headers == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    PyObject *list = PySequence_List(headers != NULL ? headers : empty_tuple);
+    Py_XDECREF(headers);
+    if (list == NULL) {
+        return -1;
+    }
+    if (with_rid) {
+        PyObject *enc = PyUnicode_CheckExact(self->rid)
+            ? PyUnicode_AsUTF8String(self->rid)
+            : PyObject_CallMethod(self->rid, "encode", NULL);
+        if (enc == NULL) {
+            goto fail;
+        }
+        PyObject *pair = PyTuple_Pack(2, b_rid_name, enc);
+        Py_DECREF(enc);
+        if (pair == NULL || PyList_Append(list, pair) < 0) {
+            Py_XDECREF(pair);
+            goto fail;
+        }
+        Py_DECREF(pair);
+    }
+    if (with_tp) {
+        PyObject *pair = PyTuple_Pack(2, b_tp_name, self->tp);
+        if (pair == NULL || PyList_Append(list, pair) < 0) {
+            Py_XDECREF(pair);
+            goto fail;
+        }
+        Py_DECREF(pair);
+    }
+    if (PyObject_SetItem(message, s_headers, list) < 0) {
+        goto fail;
+    }
+    Py_DECREF(list);
+    return 0;
+fail:
+    Py_DECREF(list);
+    return -1;
+}
+
+static PyObject *
+Exchange_send(Exchange *self, PyObject *message)
+{
+    if (self->send == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_send");
+        return NULL;
+    }
+    PyObject *kind = PyObject_GetItem(message, s_type);
+    if (kind == NULL) {
+        return NULL;
+    }
+    int r = is(kind, s_kind_body);
+    if (r > 0) {
+        Py_DECREF(kind);
+        PyObject *body = get(message, s_body);
+        if (body != NULL) {
+            Py_ssize_t n;
+            if (PyBytes_CheckExact(body)) {
+                n = PyBytes_GET_SIZE(body);
+            }
+            else {
+                int t = PyObject_IsTrue(body);
+                n = t > 0 ? PyObject_Size(body) : t;
+            }
+            Py_DECREF(body);
+            if (n < 0) {
+                return NULL;
+            }
+            self->rb += n;
+        }
+        else if (PyErr_Occurred()) {
+            return NULL;
+        }
+        PyObject *more = get(message, s_more_body);
+        if (more != NULL) {
+            int t = more == Py_False ? 0 : PyObject_IsTrue(more);
+            Py_DECREF(more);
+            if (t < 0) {
+                return NULL;
+            }
+            if (t) {
+                return PyObject_CallOneArg(self->send, message);
+            }
+        }
+        else if (PyErr_Occurred()) {
+            return NULL;
+        }
+        return last_send(self, message);
+    }
+    if (r == 0) {
+        r = is(kind, s_kind_start);
+        if (r > 0) {
+            Py_DECREF(kind);
+            PyObject *status = PyObject_GetItem(message, s_status);
+            if (status == NULL) {
+                return NULL;
+            }
+            Py_XSETREF(self->status, status);
+            PyObject *tp = self->tp;
+            int with_tp = tp != NULL && PyBytes_CheckExact(tp) && PyBytes_GET_SIZE(tp) > 0;
+            int with_rid = self->rid != NULL && self->rid != Py_None;
+            if ((with_rid || with_tp) && add_headers(self, message, with_rid, with_tp) < 0) {
+                return NULL;
+            }
+            double t = now();
+            if (t == -1.0 && PyErr_Occurred()) {
+                return NULL;
+            }
+            self->tf = t;
+            return PyObject_CallOneArg(self->send, message);
+        }
+    }
+    if (r == 0) {
+        r = is(kind, s_kind_pathsend);
+        if (r > 0) {
+            Py_DECREF(kind);
+            return last_send(self, message);
+        }
+    }
+    Py_DECREF(kind);
+    if (r < 0) {
+        return NULL;
+    }
+    return PyObject_CallOneArg(self->send, message);
+}
+
+
+/* ---- the end of a request: its sample, into the recorder's buffer ---- */
+
+static double
+as_double(PyObject *o)
+{
+    return PyFloat_CheckExact(o) ? PyFloat_AS_DOUBLE(o) : PyFloat_AsDouble(o);
+}
+
+/* scope.get(key): a new reference, None when absent */
+static PyObject *
+scope_get(PyObject *scope, PyObject *key)
+{
+    PyObject *v = get(scope, key);
+    if (v == NULL && !PyErr_Occurred()) {
+        Py_RETURN_NONE;
+    }
+    return v;
+}
+
+/* the first user-agent header's value as bytes, None without one (asgi._header) */
+static PyObject *
+user_agent(PyObject *scope)
+{
+    PyObject *headers = PyObject_GetItem(scope, s_headers);
+    if (headers == NULL) {
+        return NULL;
+    }
+    PyObject *found = NULL;
+    PyObject *it = PyObject_GetIter(headers);
+    Py_DECREF(headers);
+    if (it == NULL) {
+        return NULL;
+    }
+    PyObject *pair;
+    while (found == NULL && (pair = PyIter_Next(it)) != NULL) {
+        PyObject *k, *v;
+        if (PyTuple_CheckExact(pair) && PyTuple_GET_SIZE(pair) == 2) {
+            k = PyTuple_GET_ITEM(pair, 0);
+            v = PyTuple_GET_ITEM(pair, 1);
+            Py_INCREF(k);
+            Py_INCREF(v);
+        }
+        else {
+            PyObject *seq = PySequence_Tuple(pair);
+            if (seq == NULL || PyTuple_GET_SIZE(seq) != 2) {
+                if (seq != NULL) {
+                    PyErr_SetString(PyExc_ValueError, "a header is not a (name, value) pair");
+                }
+                Py_XDECREF(seq);
+                Py_DECREF(pair);
+                Py_DECREF(it);
+                return NULL;
+            }
+            k = PyTuple_GET_ITEM(seq, 0);
+            v = PyTuple_GET_ITEM(seq, 1);
+            Py_INCREF(k);
+            Py_INCREF(v);
+            Py_DECREF(seq);
+        }
+        Py_DECREF(pair);
+        int eq = PyObject_RichCompareBool(k, b_ua_name, Py_EQ);
+        Py_DECREF(k);
+        if (eq < 0) {
+            Py_DECREF(v);
+            Py_DECREF(it);
+            return NULL;
+        }
+        if (eq) {
+            found = PyBytes_FromObject(v);
+            Py_DECREF(v);
+            if (found == NULL) {
+                Py_DECREF(it);
+                return NULL;
+            }
+        }
+        else {
+            Py_DECREF(v);
+        }
+    }
+    Py_DECREF(it);
+    if (found == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    return found;
+}
+
+static Py_ssize_t
+rec_int(PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(rec, name);
+    if (v == NULL) {
+        return -1;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(v);
+    Py_DECREF(v);
+    return n;
+}
+
+/* a candidate exemplar's details, as the pure-Python middleware builds them */
+static PyObject *
+details(Exchange *self)
+{
+    PyObject *scope = self->scope;
+    PyObject *path = scope_get(scope, s_path);
+    PyObject *query = path ? scope_get(scope, s_query_string) : NULL;
+    PyObject *client = query ? scope_get(scope, s_client) : NULL;
+    PyObject *ua = client ? user_agent(scope) : NULL;
+    PyObject *out = NULL;
+    if (ua != NULL) {
+        out = PyTuple_Pack(7, self->disc ? Py_True : Py_False,
+                           self->rid ? self->rid : Py_None, path, query, client, ua,
+                           self->tp ? self->tp : Py_None);
+    }
+    Py_XDECREF(path);
+    Py_XDECREF(query);
+    Py_XDECREF(client);
+    Py_XDECREF(ua);
+    return out;
+}
+
+static PyObject *
+Exchange_record(Exchange *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "record(t0, t1, route, exc)");
+        return NULL;
+    }
+    if (rec == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "instrument.adapters._asgi.bind() was not called");
+        return NULL;
+    }
+    PyObject *t0 = args[0], *t1 = args[1], *route = args[2], *exc = args[3];
+    if (self->scope == NULL || self->status == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "scope");
+        return NULL;
+    }
+    int failed = exc == Py_None ? 0 : PyObject_IsTrue(exc);
+    if (failed < 0) {
+        return NULL;
+    }
+    PyObject *status = failed ? int500 : self->status;
+    double d0 = as_double(t0), d1 = as_double(t1);
+    if ((d0 == -1.0 || d1 == -1.0) && PyErr_Occurred()) {
+        return NULL;
+    }
+    /* a candidate exemplar: past the minute's cut-offs, slower than the route's cut, or
+       failing (see exemplars.py); only a candidate carries its details */
+    int candidate = d0 >= as_double(PyList_GET_ITEM(until, 0));
+    if (!candidate) {
+        PyObject *cut = PyDict_GetItemWithError(cuts, route);
+        if (cut == NULL) {
+            if (PyErr_Occurred()) {
+                return NULL;
+            }
+            cut = PyList_GET_ITEM(cut_default, 0);
+        }
+        candidate = d1 - d0 >= as_double(cut);
+    }
+    if (!candidate) {
+        if (PyLong_CheckExact(status)) {
+            int overflow;
+            long v = PyLong_AsLongAndOverflow(status, &overflow);
+            candidate = overflow > 0 || (!overflow && v >= 500);
+        }
+        else {
+            candidate = PyObject_RichCompareBool(status, int500, Py_GE);
+        }
+        if (candidate < 0) {
+            return NULL;
+        }
+    }
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *disc;
+    if (candidate) {
+        disc = details(self);
+        if (disc == NULL) {
+            return NULL;
+        }
+    }
+    else {
+        disc = self->disc ? Py_True : Py_False;
+        Py_INCREF(disc);
+    }
+    PyObject *method = PyObject_GetItem(self->scope, s_method);
+    if (method == NULL) {
+        Py_DECREF(disc);
+        return NULL;
+    }
+    PyObject *excv;
+    if (failed) {
+        excv = exc;
+        Py_INCREF(exc);
+    }
+    else if ((excv = scope_get(self->scope, exc_key)) == NULL) {
+        Py_DECREF(method);
+        Py_DECREF(disc);
+        return NULL;
+    }
+    PyObject *sample = PyTuple_New(11);
+    PyObject *tf = PyFloat_FromDouble(self->tf);
+    PyObject *qb = PyLong_FromSsize_t(self->qb);
+    PyObject *rb = PyLong_FromSsize_t(self->rb);
+    if (sample == NULL || tf == NULL || qb == NULL || rb == NULL) {
+        Py_XDECREF(sample);
+        Py_XDECREF(tf);
+        Py_XDECREF(qb);
+        Py_XDECREF(rb);
+        Py_DECREF(method);
+        Py_DECREF(excv);
+        Py_DECREF(disc);
+        return NULL;
+    }
+    Py_INCREF(kind_http);
+    Py_INCREF(t0);
+    Py_INCREF(t1);
+    Py_INCREF(route);
+    Py_INCREF(status);
+    PyTuple_SET_ITEM(sample, 0, kind_http);
+    PyTuple_SET_ITEM(sample, 1, t0);
+    PyTuple_SET_ITEM(sample, 2, t1);
+    PyTuple_SET_ITEM(sample, 3, tf);
+    PyTuple_SET_ITEM(sample, 4, route);
+    PyTuple_SET_ITEM(sample, 5, method);
+    PyTuple_SET_ITEM(sample, 6, status);
+    PyTuple_SET_ITEM(sample, 7, qb);
+    PyTuple_SET_ITEM(sample, 8, rb);
+    PyTuple_SET_ITEM(sample, 9, excv);
+    PyTuple_SET_ITEM(sample, 10, disc);
+    /* Recorder.add_flat: a bounded append, or an exact drop count. Nothing here runs
+       Python code between the length read and the extend, so it stays atomic (GIL). */
+    PyObject *buf = PyMethod_Check(extend) ? NULL : PyCFunction_GET_SELF(extend);
+    Py_ssize_t n = buf != NULL ? PyObject_Size(buf) : -1;
+    Py_ssize_t high = n < 0 ? -1 : rec_int(s_high);
+    PyObject *r = NULL;
+    if (high < 0 && PyErr_Occurred()) {
+        goto done;
+    }
+    if (n < high) {
+        r = PyObject_CallOneArg(extend, sample);
+        goto done;
+    }
+    Py_ssize_t cap = rec_int(s_cap);
+    if (cap < 0 && PyErr_Occurred()) {
+        goto done;
+    }
+    if (n < cap) {
+        r = PyObject_CallOneArg(extend, sample);
+        Py_ssize_t high_end = r == NULL ? -1 : rec_int(s_high_end);
+        if (r != NULL && n < high_end) {  /* the one append that crosses half full wakes it */
+            Py_DECREF(r);
+            r = PyObject_CallMethodNoArgs(rec, s_wake);
+        }
+        else if (high_end < 0 && PyErr_Occurred()) {
+            Py_CLEAR(r);
+        }
+        goto done;
+    }
+    PyObject *drops = PyObject_GetAttr(rec, s_drops);
+    if (drops != NULL) {
+        r = PyIter_Next(drops);
+        Py_DECREF(drops);
+    }
+done:
+    Py_DECREF(sample);
+    if (r == NULL) {
+        return NULL;
+    }
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Exchange_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *scope = NULL, *receive = NULL, *send = NULL;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "Exchange(scope, receive, send) takes no keywords");
+        return NULL;
+    }
+    if (!PyArg_UnpackTuple(args, "Exchange", 0, 3, &scope, &receive, &send)) {
+        return NULL;
+    }
+    Exchange *self = (Exchange *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    Py_XINCREF(scope);
+    Py_XINCREF(receive);
+    Py_XINCREF(send);
+    self->scope = scope;
+    self->receive = receive;
+    self->send = send;
+    Py_INCREF(int500);
+    self->status = int500;  /* until the response starts: a request that never does failed */
+    return (PyObject *)self;
+}
+
+static PyObject *
+bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "bind(recorder, extend, until, default, cuts, exc_key, kind_http)");
+        return NULL;
+    }
+    if (!PyList_CheckExact(args[2]) || PyList_GET_SIZE(args[2]) != 1
+        || !PyList_CheckExact(args[3]) || PyList_GET_SIZE(args[3]) != 1
+        || !PyDict_CheckExact(args[4]) || !PyCFunction_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "bind(): until and default are 1-lists, cuts a dict,"
+                        " extend a deque's bound extend");
+        return NULL;
+    }
+    PyObject **slots[7] = {&rec, &extend, &until, &cut_default, &cuts, &exc_key, &kind_http};
+    for (int i = 0; i < 7; i++) {
+        Py_INCREF(args[i]);
+        Py_XSETREF(*slots[i], args[i]);
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+Exchange_traverse(Exchange *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->receive);
+    Py_VISIT(self->send);
+    Py_VISIT(self->scope);
+    Py_VISIT(self->status);
+    Py_VISIT(self->rid);
+    Py_VISIT(self->tp);
+    return 0;
+}
+
+static int
+Exchange_clear(Exchange *self)
+{
+    Py_CLEAR(self->receive);
+    Py_CLEAR(self->send);
+    Py_CLEAR(self->scope);
+    Py_CLEAR(self->status);
+    Py_CLEAR(self->rid);
+    Py_CLEAR(self->tp);
+    return 0;
+}
+
+static void
+Exchange_dealloc(Exchange *self)
+{
+    PyObject_GC_UnTrack(self);
+    Exchange_clear(self);
+    /* a Python subclass's instance: subtype_dealloc drops the reference to its type */
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Exchange_methods[] = {
+    {"send", (PyCFunction)Exchange_send, METH_O,
+     "Count and pass on one message; the last body chunk's awaitable stamps the end time."},
+    {"record", (PyCFunction)(void (*)(void))Exchange_record, METH_FASTCALL,
+     "record(t0, t1, route, exc): the request's sample into the recorder's buffer."},
+    {NULL}
+};
+
+static PyMemberDef Exchange_members[] = {
+    {"_receive", T_OBJECT_EX, offsetof(Exchange, receive), 0, NULL},
+    {"_send", T_OBJECT_EX, offsetof(Exchange, send), 0, NULL},
+    {"scope", T_OBJECT_EX, offsetof(Exchange, scope), 0, NULL},
+    {"status", T_OBJECT_EX, offsetof(Exchange, status), 0, NULL},
+    {"rid", T_OBJECT_EX, offsetof(Exchange, rid), 0, NULL},
+    {"tp", T_OBJECT_EX, offsetof(Exchange, tp), 0, NULL},
+    {"qb", T_PYSSIZET, offsetof(Exchange, qb), 0, NULL},
+    {"rb", T_PYSSIZET, offsetof(Exchange, rb), 0, NULL},
+    {"tf", T_DOUBLE, offsetof(Exchange, tf), 0, NULL},
+    {"t_end", T_DOUBLE, offsetof(Exchange, t_end), 0, NULL},
+    {"disc", T_BOOL, offsetof(Exchange, disc), 0, NULL},
+    {NULL}
+};
+
+static PyTypeObject ExchangeType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "instrument.adapters._asgi.Exchange",
+    .tp_doc = "One ASGI request's counters and its wrapped send (subclassed in asgi.py).",
+    .tp_basicsize = sizeof(Exchange),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = Exchange_new,
+    .tp_dealloc = (destructor)Exchange_dealloc,
+    .tp_traverse = (traverseproc)Exchange_traverse,
+    .tp_clear = (inquiry)Exchange_clear,
+    .tp_methods = Exchange_methods,
+    .tp_members = Exchange_members,
+};
+
+/* ---- LastSend: await the server's send, then stamp the exchange's end time ---- */
+
+/* the server's awaitable's iterator, got once; -1 with an exception when not awaitable */
+static int
+start(LastSend *self)
+{
+    if (self->it == NULL) {
+        PyObject *aw = self->aw;
+        if (PyCoro_CheckExact(aw) || PyGen_CheckExact(aw)) {
+            Py_INCREF(aw);
+            self->it = aw;
+        }
+        else {
+            PyAsyncMethods *am = Py_TYPE(aw)->tp_as_async;
+            if (am == NULL || am->am_await == NULL) {
+                PyErr_Format(PyExc_TypeError, "object %.100s can't be used in 'await' expression",
+                             Py_TYPE(aw)->tp_name);
+                return -1;
+            }
+            PyObject *it = am->am_await(aw);
+            if (it == NULL) {
+                return -1;
+            }
+            self->it = it;
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+LastSend_await(LastSend *self)
+{
+    if (start(self) < 0) {
+        return NULL;
+    }
+    Py_INCREF(self);
+    return (PyObject *)self;
+}
+
+static int
+stamp(LastSend *self)
+{
+    double t = now();
+    if (t == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    self->ex->t_end = t;
+    return 0;
+}
+
+/* one step with ``value``; NULL and no exception once the server's send has returned */
+static PyObject *
+step(LastSend *self, PyObject *value)
+{
+    /* asyncio takes it for a coroutine (it has send, throw and close) and may drive it
+       with send(None) without asking __await__ first */
+    if (self->it == NULL && start(self) < 0) {
+        return NULL;
+    }
+    PyObject *res;
+    PySendResult r = PyIter_Send(self->it, value, &res);
+    if (r == PYGEN_NEXT) {
+        return res;
+    }
+    if (r == PYGEN_ERROR) {
+        return NULL;
+    }
+    if (stamp(self) < 0) {
+        Py_DECREF(res);
+        return NULL;
+    }
+    Py_DECREF(res);  /* ASGI's send returns None, and so does this (as _send_last does) */
+    return NULL;
+}
+
+static PyObject *
+LastSend_next(LastSend *self)
+{
+    return step(self, Py_None);
+}
+
+static PyObject *
+LastSend_send(LastSend *self, PyObject *value)
+{
+    PyObject *res = step(self, value);
+    if (res == NULL && !PyErr_Occurred()) {
+        PyErr_SetNone(PyExc_StopIteration);
+    }
+    return res;
+}
+
+static PyObject *
+LastSend_throw(LastSend *self, PyObject *args)
+{
+    PyObject *meth = self->it == NULL ? NULL : PyObject_GetAttr(self->it, s_throw);
+    if (meth == NULL) {
+        PyErr_Clear();
+        if (self->it == NULL) {  /* thrown in before it ran: the server's send never will */
+            PyObject *res = PyObject_CallMethodNoArgs(self->aw, s_close);
+            Py_XDECREF(res);
+            PyErr_Clear();
+        }
+        PyObject *typ, *val = NULL;
+        if (!PyArg_UnpackTuple(args, "throw", 1, 3, &typ, &val, NULL)) {
+            return NULL;
+        }
+        if (PyExceptionInstance_Check(typ)) {
+            PyErr_SetObject((PyObject *)Py_TYPE(typ), typ);
+        }
+        else {
+            PyErr_SetObject(typ, val);
+        }
+        return NULL;
+    }
+    PyObject *res = PyObject_Call(meth, args, NULL);
+    Py_DECREF(meth);
+    if (res == NULL && PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        /* the server's send finished while handling it */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        int failed = stamp(self);
+        if (failed < 0) {
+            Py_XDECREF(et);
+            Py_XDECREF(ev);
+            Py_XDECREF(tb);
+        }
+        else {
+            PyErr_Restore(et, ev, tb);
+        }
+    }
+    return res;
+}
+
+static PyObject *
+LastSend_close(LastSend *self, PyObject *unused)
+{
+    if (self->it == NULL) {
+        Py_RETURN_NONE;
+    }
+    PyObject *meth = PyObject_GetAttr(self->it, s_close);
+    if (meth == NULL) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    PyObject *res = PyObject_CallNoArgs(meth);
+    Py_DECREF(meth);
+    return res;
+}
+
+static int
+LastSend_traverse(LastSend *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->ex);
+    Py_VISIT(self->aw);
+    Py_VISIT(self->it);
+    return 0;
+}
+
+static int
+LastSend_clear(LastSend *self)
+{
+    Py_CLEAR(self->ex);
+    Py_CLEAR(self->aw);
+    Py_CLEAR(self->it);
+    return 0;
+}
+
+static void
+LastSend_dealloc(LastSend *self)
+{
+    PyObject_GC_UnTrack(self);
+    LastSend_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyMethodDef LastSend_methods[] = {
+    {"send", (PyCFunction)LastSend_send, METH_O, NULL},
+    {"throw", (PyCFunction)LastSend_throw, METH_VARARGS, NULL},
+    {"close", (PyCFunction)LastSend_close, METH_NOARGS, NULL},
+    {NULL}
+};
+
+static PyAsyncMethods LastSend_async = {
+    .am_await = (unaryfunc)LastSend_await,
+};
+
+static PyTypeObject LastSendType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "instrument.adapters._asgi.LastSend",
+    .tp_doc = "The last body chunk's send: awaited, it stamps the request's end time.",
+    .tp_basicsize = sizeof(LastSend),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_dealloc = (destructor)LastSend_dealloc,
+    .tp_traverse = (traverseproc)LastSend_traverse,
+    .tp_clear = (inquiry)LastSend_clear,
+    .tp_as_async = &LastSend_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)LastSend_next,
+    .tp_methods = LastSend_methods,
+};
+
+static PyMethodDef module_methods[] = {
+    {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL,
+     "bind(recorder, extend, until, default, cuts, exc_key, kind_http): where record() goes."},
+    {NULL}
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_methods = module_methods,
+    .m_name = "instrument.adapters._asgi",
+    .m_doc = "The ASGI middleware's exchange and send, compiled (see asgi.py).",
+    .m_size = -1,
+};
+
+#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+
+PyMODINIT_FUNC
+PyInit__asgi(void)
+{
+    INTERN(s_type, "type");
+    INTERN(s_body, "body");
+    INTERN(s_more_body, "more_body");
+    INTERN(s_status, "status");
+    INTERN(s_headers, "headers");
+    INTERN(s_kind_body, "http.response.body");
+    INTERN(s_kind_start, "http.response.start");
+    INTERN(s_kind_pathsend, "http.response.pathsend");
+    INTERN(s_throw, "throw");
+    INTERN(s_close, "close");
+    INTERN(s_path, "path");
+    INTERN(s_query_string, "query_string");
+    INTERN(s_client, "client");
+    INTERN(s_method, "method");
+    INTERN(s_high, "high");
+    INTERN(s_cap, "cap");
+    INTERN(s_high_end, "high_end");
+    INTERN(s_wake, "wake");
+    INTERN(s_drops, "drops");
+    if ((b_rid_name = PyBytes_FromString("x-request-id")) == NULL
+        || (b_tp_name = PyBytes_FromString("traceparent")) == NULL
+        || (b_ua_name = PyBytes_FromString("user-agent")) == NULL
+        || (int500 = PyLong_FromLong(500)) == NULL
+        || (empty_tuple = PyTuple_New(0)) == NULL) {
+        return NULL;
+    }
+    PyObject *time = PyImport_ImportModule("time");
+    if (time == NULL) {
+        return NULL;
+    }
+    perf_counter = PyObject_GetAttrString(time, "perf_counter");
+    Py_DECREF(time);
+    if (perf_counter == NULL || PyType_Ready(&ExchangeType) < 0
+        || PyType_Ready(&LastSendType) < 0) {
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(m, "Exchange", (PyObject *)&ExchangeType) < 0
+        || PyModule_AddObjectRef(m, "LastSend", (PyObject *)&LastSendType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,28 @@
+# The compiled exchange (_asgi.c); asgi.py holds its pure-Python twin and documentation.
+from collections.abc import Awaitable, Generator
+from typing import Any
+
+class Exchange:
+    _receive: Any
+    _send: Any
+    scope: Any
+    status: Any
+    rid: Any
+    tp: Any
+    qb: int
+    rb: int
+    tf: float
+    t_end: float
+    disc: bool
+    def __init__(self, scope: Any = ..., receive: Any = ..., send: Any = ...) -> None: ...
+    def send(self, message: Any) -> Awaitable[None]: ...
+    def record(self, t0: float, t1: float, route: Any, exc: BaseException | None) -> None: ...
+
+def bind(recorder: Any, extend: Any, until: list[float], default: list[float],
+         cuts: dict[Any, float], exc_key: str, kind_http: str) -> None: ...
+
+class LastSend:
+    def __await__(self) -> Generator[Any]: ...
+    def send(self, value: Any) -> Any: ...
+    def throw(self, *args: Any) -> Any: ...
+    def close(self) -> None: ...
