@@ -13,7 +13,7 @@ $(PY):
 
 # The install compiles the kit's C helpers (hatch_build.py): a compiler and the interpreter's
 # headers first, so the tests meet the compiled code, not only its pure-Python twins.
-$(STAMP): pyproject.toml hatch_build.py $(wildcard instrument/*/_*.c) | $(PY)
+$(STAMP): pyproject.toml hatch_build.py $(wildcard instrument/*/_*.c instrument/*/_*.h) | $(PY)
 	bash .ci/system-deps.sh gcc
 	$(PY) -c "import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" || bash .ci/system-deps.sh python3-dev
 	$(PY) -m pip install -q --upgrade pip

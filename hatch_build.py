@@ -19,7 +19,8 @@ from typing import Any
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
-SOURCES = ("instrument/adapters/_asgi.c",)
+SOURCES = ("instrument/adapters/_asgi.c", "instrument/adapters/_wsgi.c",
+           "instrument/core/_trace.c")
 _OFF = {"0", "false", "no", "off"}
 
 

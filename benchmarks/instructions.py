@@ -114,19 +114,27 @@ def _child(group: str, variant: str, n: int) -> None:
     run(300)  # warm-up: caches, specialisation, lazily built middleware stacks
     from instrument.core import exemplars, trace
     # No flush() here (its wait loop would add a count that depends on the clock), so set
-    # what the flusher publishes every second. Steady state: each route's cut is out and
-    # its requests pay the compares only (a cut from the warm-up's timings would make the
-    # count depend on how fast valgrind ran). "candidate": as at the start of a minute,
+    # what the flusher publishes every second. Steady state ("kit"): the minute's end is
+    # ahead and each route's cut is out, one no request reaches (a cut from the warm-up's
+    # timings would make the count depend on how fast valgrind ran), so its requests pay
+    # the compares and the cut's lookup only. "noexemplars": none of it (no cut, no end:
+    # the request path skips the compares). "candidate": as at the start of a minute,
     # every request carries its details to the flusher.
     # Trace and span ids are minted ahead by the flusher every second; asleep here, it would
     # leave a long run minting its own (os.urandom) once the 2,048 ahead are used up.
     trace._AHEAD = 4096  # the same for both run lengths: minting them cancels out
     trace.top_up()
+    from instrument.core.runtime import runtime
+    routes = {s[4] for s in runtime.recorder.drain(10**6) if s[0] == "http"}
+    exemplars.CUTS.clear()
     if variant == "candidate":
-        exemplars.CUTS.clear()
         exemplars.UNTIL[0] = 0.0
-    else:
+    elif variant == "noexemplars":
         exemplars.DEFAULT[0] = exemplars.UNTIL[0] = float("inf")
+    else:
+        exemplars.DEFAULT[0] = 0.0  # on: a route with no cut yet would be a candidate
+        exemplars.UNTIL[0] = float("inf")
+        exemplars.CUTS.update(dict.fromkeys(routes, float("inf")))
     run(n)
     os._exit(0)  # no shutdown flush: the count covers the requests only
 

@@ -213,8 +213,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("profiler_hz", "INSTRUMENT_PROFILER_HZ", _int_at_least(1, 1000), 50,
              "Samples a second the profiler takes of every thread's stack."),
     Variable("native", "INSTRUMENT_NATIVE", _bool, True,
-             "`false` runs the pure-Python twin of each compiled helper (the ASGI exchange) even"
-             " where it was built; without a C compiler at install the twins run anyway."),
+             "`false` runs the pure-Python twin of each compiled helper (the ASGI exchange, the"
+             " `traceparent` check) even where it was built; without a C compiler at install"
+             " the twins run anyway."),
     Variable("dashboard_token", "INSTRUMENT_DASHBOARD_TOKEN", _str, None,
              "Secret that opens `/monitoring` and `/api/v1/monitoring/` (bearer token or the"
              " login form); without it or `INSTRUMENT_DASHBOARD_PUBLIC` they answer 404 (but"

@@ -31,6 +31,15 @@ def _isolated_kit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
     runtime.shutdown(5.0)
 
 
+@pytest.fixture(params=[True, False], ids=["compiled", "python"])
+def both_exchanges(request: pytest.FixtureRequest, _isolated_kit: None,
+                   monkeypatch: pytest.MonkeyPatch) -> bool:
+    """A module that asks for it (``pytestmark``) runs each test with the middlewares'
+    compiled exchanges and with their pure-Python twins (INSTRUMENT_NATIVE)."""
+    monkeypatch.setenv("INSTRUMENT_NATIVE", "true" if request.param else "false")
+    return bool(request.param)
+
+
 @pytest.fixture
 def memory() -> MemoryBackend:
     """The kit configured with an in-memory backend and a short flush interval."""

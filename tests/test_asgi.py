@@ -24,6 +24,8 @@ from instrument.asgi import InstrumentMiddleware
 from instrument.testing import FailingBackend
 from tests.servers import query, row_count, settled_count, uvicorn_server, wait_until
 
+pytestmark = pytest.mark.usefixtures("both_exchanges")  # compiled and pure-Python exchange
+
 STREAM_CHUNKS, STREAM_CHUNK, STREAM_PAUSE = 5, b"z" * 2500, 0.08
 BACKGROUND_SLEEP = 0.5
 FAILURE = ArithmeticError("handler failed")
@@ -95,13 +97,6 @@ def make_app(events: dict[str, threading.Event]) -> Starlette:
     ], lifespan=lifespan)
     app.add_middleware(InstrumentMiddleware)
     return app
-
-
-@pytest.fixture(autouse=True, params=[True, False], ids=["compiled", "python"])
-def _exchange(request: pytest.FixtureRequest, _isolated_kit: None,
-              monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test here runs with the compiled exchange and with its pure-Python twin."""
-    monkeypatch.setenv("INSTRUMENT_NATIVE", "true" if request.param else "false")
 
 
 @pytest.fixture

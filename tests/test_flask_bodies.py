@@ -15,6 +15,8 @@ from werkzeug.wsgi import ClosingIterator
 from instrument.flask import Instrument
 from tests.servers import query, settled_count, werkzeug_server
 
+pytestmark = pytest.mark.usefixtures("both_exchanges")  # compiled and pure-Python exchange
+
 TEXT = "héllo, wörld"
 closed = threading.Event()
 

@@ -17,6 +17,8 @@ from instrument.testing import FailingBackend
 from instrument.wsgi import InstrumentMiddleware
 from tests.servers import query, row_count, settled_count, wait_until, werkzeug_server
 
+pytestmark = pytest.mark.usefixtures("both_exchanges")  # compiled and pure-Python exchange
+
 
 def hello(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     """A router-less WSGI app that answers every path."""

@@ -10,18 +10,16 @@
  * the reference and the fallback (no compiler at install, or INSTRUMENT_NATIVE=false);
  * tests/test_asgi_native.py holds the two to the same behaviour.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_record.h"
 #include <structmember.h>
 
 static PyObject *s_type, *s_body, *s_more_body, *s_status, *s_headers;
 static PyObject *s_kind_body, *s_kind_start, *s_kind_pathsend, *s_throw, *s_close;
-static PyObject *b_rid_name, *b_tp_name, *b_ua_name, *perf_counter, *empty_tuple, *int500;
-static PyObject *s_path, *s_query_string, *s_client, *s_method, *s_high, *s_cap, *s_high_end;
-static PyObject *s_wake, *s_drops;
-/* what record() appends to, bound once by asgi.py (bind()): the process's recorder, its
-   buffer's extend, the exemplar cut-offs (exemplars.UNTIL, DEFAULT, CUTS) and the names */
-static PyObject *rec, *extend, *until, *cut_default, *cuts, *exc_key, *kind_http;
+static PyObject *b_rid_name, *b_tp_name, *b_ua_name, *empty_tuple, *int500;
+static PyObject *s_path, *s_query_string, *s_client, *s_method;
+/* where record() appends, bound once by asgi.py (bind()), and the names it uses */
+static Sink sink;
+static PyObject *exc_key, *kind_http;
 
 typedef struct {
     PyObject_HEAD
@@ -46,19 +44,6 @@ typedef struct {
 } LastSend;
 
 static PyTypeObject LastSendType;
-
-/* perf_counter() as a double; -1.0 with an exception set on failure */
-static double
-now(void)
-{
-    PyObject *t = PyObject_CallNoArgs(perf_counter);
-    if (t == NULL) {
-        return -1.0;
-    }
-    double d = PyFloat_AsDouble(t);
-    Py_DECREF(t);
-    return d;
-}
 
 /* message[key] (a new reference), NULL without an error when it is absent */
 static PyObject *
@@ -220,7 +205,7 @@ Exchange_send(Exchange *self, PyObject *message)
             if ((with_rid || with_tp) && add_headers(self, message, with_rid, with_tp) < 0) {
                 return NULL;
             }
-            double t = now();
+            double t = sink_now(&sink);
             if (t == -1.0 && PyErr_Occurred()) {
                 return NULL;
             }
@@ -244,12 +229,6 @@ Exchange_send(Exchange *self, PyObject *message)
 
 
 /* ---- the end of a request: its sample, into the recorder's buffer ---- */
-
-static double
-as_double(PyObject *o)
-{
-    return PyFloat_CheckExact(o) ? PyFloat_AS_DOUBLE(o) : PyFloat_AsDouble(o);
-}
 
 /* scope.get(key): a new reference, None when absent */
 static PyObject *
@@ -332,18 +311,6 @@ user_agent(PyObject *scope)
     return found;
 }
 
-static Py_ssize_t
-rec_int(PyObject *name)
-{
-    PyObject *v = PyObject_GetAttr(rec, name);
-    if (v == NULL) {
-        return -1;
-    }
-    Py_ssize_t n = PyLong_AsSsize_t(v);
-    Py_DECREF(v);
-    return n;
-}
-
 /* a candidate exemplar's details, as the pure-Python middleware builds them */
 static PyObject *
 details(Exchange *self)
@@ -373,8 +340,7 @@ Exchange_record(Exchange *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "record(t0, t1, route, exc)");
         return NULL;
     }
-    if (rec == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "instrument.adapters._asgi.bind() was not called");
+    if (!sink_bound(&sink)) {
         return NULL;
     }
     PyObject *t0 = args[0], *t1 = args[1], *route = args[2], *exc = args[3];
@@ -393,16 +359,9 @@ Exchange_record(Exchange *self, PyObject *const *args, Py_ssize_t nargs)
     }
     /* a candidate exemplar: past the minute's cut-offs, slower than the route's cut, or
        failing (see exemplars.py); only a candidate carries its details */
-    int candidate = d0 >= as_double(PyList_GET_ITEM(until, 0));
-    if (!candidate) {
-        PyObject *cut = PyDict_GetItemWithError(cuts, route);
-        if (cut == NULL) {
-            if (PyErr_Occurred()) {
-                return NULL;
-            }
-            cut = PyList_GET_ITEM(cut_default, 0);
-        }
-        candidate = d1 - d0 >= as_double(cut);
+    int candidate = sink_slow_candidate(&sink, d0, d1, route);
+    if (candidate < 0) {
+        return NULL;
     }
     if (!candidate) {
         if (PyLong_CheckExact(status)) {
@@ -476,46 +435,11 @@ Exchange_record(Exchange *self, PyObject *const *args, Py_ssize_t nargs)
     PyTuple_SET_ITEM(sample, 8, rb);
     PyTuple_SET_ITEM(sample, 9, excv);
     PyTuple_SET_ITEM(sample, 10, disc);
-    /* Recorder.add_flat: a bounded append, or an exact drop count. Nothing here runs
-       Python code between the length read and the extend, so it stays atomic (GIL). */
-    PyObject *buf = PyMethod_Check(extend) ? NULL : PyCFunction_GET_SELF(extend);
-    Py_ssize_t n = buf != NULL ? PyObject_Size(buf) : -1;
-    Py_ssize_t high = n < 0 ? -1 : rec_int(s_high);
-    PyObject *r = NULL;
-    if (high < 0 && PyErr_Occurred()) {
-        goto done;
-    }
-    if (n < high) {
-        r = PyObject_CallOneArg(extend, sample);
-        goto done;
-    }
-    Py_ssize_t cap = rec_int(s_cap);
-    if (cap < 0 && PyErr_Occurred()) {
-        goto done;
-    }
-    if (n < cap) {
-        r = PyObject_CallOneArg(extend, sample);
-        Py_ssize_t high_end = r == NULL ? -1 : rec_int(s_high_end);
-        if (r != NULL && n < high_end) {  /* the one append that crosses half full wakes it */
-            Py_DECREF(r);
-            r = PyObject_CallMethodNoArgs(rec, s_wake);
-        }
-        else if (high_end < 0 && PyErr_Occurred()) {
-            Py_CLEAR(r);
-        }
-        goto done;
-    }
-    PyObject *drops = PyObject_GetAttr(rec, s_drops);
-    if (drops != NULL) {
-        r = PyIter_Next(drops);
-        Py_DECREF(drops);
-    }
-done:
+    int r = sink_append(&sink, sample);
     Py_DECREF(sample);
-    if (r == NULL) {
+    if (r < 0) {
         return NULL;
     }
-    Py_DECREF(r);
     Py_RETURN_NONE;
 }
 
@@ -553,18 +477,13 @@ bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                         "bind(recorder, extend, until, default, cuts, exc_key, kind_http)");
         return NULL;
     }
-    if (!PyList_CheckExact(args[2]) || PyList_GET_SIZE(args[2]) != 1
-        || !PyList_CheckExact(args[3]) || PyList_GET_SIZE(args[3]) != 1
-        || !PyDict_CheckExact(args[4]) || !PyCFunction_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "bind(): until and default are 1-lists, cuts a dict,"
-                        " extend a deque's bound extend");
+    if (sink_bind(&sink, args) < 0) {
         return NULL;
     }
-    PyObject **slots[7] = {&rec, &extend, &until, &cut_default, &cuts, &exc_key, &kind_http};
-    for (int i = 0; i < 7; i++) {
-        Py_INCREF(args[i]);
-        Py_XSETREF(*slots[i], args[i]);
-    }
+    Py_INCREF(args[5]);
+    Py_XSETREF(exc_key, args[5]);
+    Py_INCREF(args[6]);
+    Py_XSETREF(kind_http, args[6]);
     Py_RETURN_NONE;
 }
 
@@ -680,7 +599,7 @@ LastSend_await(LastSend *self)
 static int
 stamp(LastSend *self)
 {
-    double t = now();
+    double t = sink_now(&sink);
     if (t == -1.0 && PyErr_Occurred()) {
         return -1;
     }
@@ -872,11 +791,6 @@ PyInit__asgi(void)
     INTERN(s_query_string, "query_string");
     INTERN(s_client, "client");
     INTERN(s_method, "method");
-    INTERN(s_high, "high");
-    INTERN(s_cap, "cap");
-    INTERN(s_high_end, "high_end");
-    INTERN(s_wake, "wake");
-    INTERN(s_drops, "drops");
     if ((b_rid_name = PyBytes_FromString("x-request-id")) == NULL
         || (b_tp_name = PyBytes_FromString("traceparent")) == NULL
         || (b_ua_name = PyBytes_FromString("user-agent")) == NULL
@@ -884,13 +798,7 @@ PyInit__asgi(void)
         || (empty_tuple = PyTuple_New(0)) == NULL) {
         return NULL;
     }
-    PyObject *time = PyImport_ImportModule("time");
-    if (time == NULL) {
-        return NULL;
-    }
-    perf_counter = PyObject_GetAttrString(time, "perf_counter");
-    Py_DECREF(time);
-    if (perf_counter == NULL || PyType_Ready(&ExchangeType) < 0
+    if (sink_init(&sink) < 0 || PyType_Ready(&ExchangeType) < 0
         || PyType_Ready(&LastSendType) < 0) {
         return NULL;
     }

@@ -24,7 +24,7 @@ from instrument.core.context import COUNTER, IDS, PREFIX, READERS, current, inco
 from instrument.core.exemplars import CUTS, DEFAULT, UNTIL
 from instrument.core.profiler import register, register_worker
 from instrument.core.runtime import OFF, runtime
-from instrument.core.trace import continued_bytes, fresh, tracestate, use
+from instrument.core.trace import continued_bytes, fast_continued_bytes, fresh, tracestate, use
 from instrument.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["EXC_KEY", "InstrumentMiddleware"]
@@ -191,7 +191,19 @@ else:
 
         __slots__ = ()
 
-    _asgi.bind(_rec, _buf.extend, UNTIL, DEFAULT, CUTS, EXC_KEY, KIND_HTTP)
+
+
+def record_into(rec: Any) -> Any:
+    """Send this module's requests to recorder ``rec`` (the demo's benchmark keeps its own
+    samples apart this way); returns the recorder they went to."""
+    global _rec, _buf
+    old, _rec, _buf = _rec, rec, rec.buf
+    if _Native is not None:  # the compiled exchange is bound to one recorder too
+        _asgi.bind(rec, rec.buf.extend, UNTIL, DEFAULT, CUTS, EXC_KEY, KIND_HTTP)
+    return old
+
+
+record_into(_rec)
 
 
 def exchange_class(native: bool = True) -> type[_Methods]:
@@ -219,6 +231,8 @@ class InstrumentMiddleware:
         self._resolve = RouteResolver(app).__call__  # a bound method: cheaper to call
         self._rid = settings.request_id
         self._tc = settings.trace_context
+        # the compiled twin, unless INSTRUMENT_NATIVE=false (the same answers)
+        self._continued = fast_continued_bytes if settings.native else continued_bytes
         self._exchange = exchange_class(settings.native)
         self._native = self._exchange is _Native
         if self._tc:
@@ -257,9 +271,9 @@ class InstrumentMiddleware:
         if not self._tc:
             ex.tp = b""
         elif _TP_PROBE in headers:  # continued: the caller's trace id may be the request id
-            ex.tp, trace_rid = continued_bytes(headers[headers.index(_TP_PROBE)][1])
+            ex.tp, trace_rid = self._continued(headers[headers.index(_TP_PROBE)][1])
         elif lists and _TP_NAME in map(_first, headers):
-            ex.tp, trace_rid = continued_bytes(_header(headers, _TP_NAME) or b"")
+            ex.tp, trace_rid = self._continued(_header(headers, _TP_NAME) or b"")
         else:
             ex.tp = None  # started only if something asks (a log line, an outgoing call)
         if self._rid:

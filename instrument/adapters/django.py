@@ -29,7 +29,7 @@ from instrument.core.context import COUNTER, IDS, PREFIX, READERS, current, inco
 from instrument.core.exemplars import CUTS, DEFAULT, UNTIL
 from instrument.core.profiler import register, register_worker
 from instrument.core.runtime import OFF, runtime
-from instrument.core.trace import continued, fresh, tracestate, use
+from instrument.core.trace import continued, fast_continued, fresh, tracestate, use
 
 try:
     from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -199,6 +199,8 @@ class InstrumentMiddleware:
         self.get_response = get_response
         self._rid = settings.request_id
         self._tc = settings.trace_context
+        # the compiled twin, unless INSTRUMENT_NATIVE=false (the same answers)
+        self._continued = fast_continued if settings.native else continued
         if self._tc:
             use()  # fresh trace and span ids minted ahead from now on
         paths = list(settings.exclude_paths)
@@ -234,7 +236,7 @@ class InstrumentMiddleware:
             ex.tp = ""
         elif "HTTP_TRACEPARENT" in meta:
             # continued: the caller's trace id may serve as the request id
-            ex.tp, trace_rid = continued(meta["HTTP_TRACEPARENT"])
+            ex.tp, trace_rid = self._continued(meta["HTTP_TRACEPARENT"])
         else:
             ex.tp = None  # started only if something asks (a log line, an outgoing call)
         if self._rid:

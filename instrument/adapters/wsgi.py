@@ -28,7 +28,7 @@ from instrument.core.context import (
 from instrument.core.exemplars import CUTS, DEFAULT, UNTIL
 from instrument.core.profiler import register
 from instrument.core.runtime import OFF, runtime
-from instrument.core.trace import TRACEPARENT, continued, fresh, tracestate, use
+from instrument.core.trace import TRACEPARENT, continued, fast_continued, fresh, tracestate, use
 from instrument.types import StartResponse, WSGIApp, WSGIEnviron
 
 __all__ = ["EXC_KEY", "ROUTE_KEY", "InstrumentMiddleware"]
@@ -91,7 +91,36 @@ class _Input:
         return getattr(self._raw, name)
 
 
-class _Exchange(list[bytes]):
+class _Methods:
+    """What the pure-Python and the compiled exchange share (the compiled one has the rest)."""
+
+    __slots__ = ()
+    env: dict[str, Any]
+    rid: str | None
+    tp: str | None
+
+    def describe(self) -> tuple[str, str, str]:
+        env = self.env
+        return (self.rid or "", env.get("REQUEST_METHOD", ""),
+                env.get(ROUTE_KEY) or env.get("PATH_INFO", ""))
+
+    def traceparent(self) -> str | None:
+        """This request's own ``traceparent`` (its span); a trace is started on first use."""
+        tp = self.tp
+        if tp is None:
+            tp = self.tp = fresh()  # type: ignore[misc]  # a field of both subclasses
+        return tp or None
+
+    def tracestate(self) -> str | None:
+        """The caller's ``tracestate``, when this request continues the caller's trace."""
+        tp = self.tp
+        raw = self.env.get("HTTP_TRACEPARENT")
+        if tp is None or raw is None or raw[3:35] != tp[3:35]:
+            return None
+        return tracestate(self.env.get("HTTP_TRACESTATE"))
+
+
+class _Exchange(list[bytes], _Methods):
     """One request: start_response, the response body and the request context in one object.
 
     A list subclass: when the app hands over its body whole as a list (the common
@@ -188,26 +217,6 @@ class _Exchange(list[bytes]):
         else:
             next(_rec.drops)
 
-    def describe(self) -> tuple[str, str, str]:
-        env = self.env
-        return (self.rid or "", env.get("REQUEST_METHOD", ""),
-                env.get(ROUTE_KEY) or env.get("PATH_INFO", ""))
-
-    def traceparent(self) -> str | None:
-        """This request's own ``traceparent`` (its span); a trace is started on first use."""
-        tp = self.tp
-        if tp is None:
-            tp = self.tp = fresh()
-        return tp or None
-
-    def tracestate(self) -> str | None:
-        """The caller's ``tracestate``, when this request continues the caller's trace."""
-        tp = self.tp
-        raw = self.env.get("HTTP_TRACEPARENT")
-        if tp is None or raw is None or raw[3:35] != tp[3:35]:
-            return None
-        return tracestate(self.env.get("HTTP_TRACESTATE"))
-
 
 def _stream(ex: _Exchange, res: Iterable[bytes]) -> Iterator[bytes]:
     """A streamed body: count chunks as they flow; record when it ends or is abandoned.
@@ -248,6 +257,35 @@ def _stream(ex: _Exchange, res: Iterable[bytes]) -> Iterator[bytes]:
             ex.close()
 
 
+_Native: Any
+try:
+    from instrument.adapters import _wsgi
+except ImportError:  # not compiled at install (no C compiler): the pure-Python exchange
+    _Native = None
+else:
+    class _Native(_wsgi.Exchange, _Methods):  # type: ignore[no-redef]
+        """The exchange compiled: ``start_response``, the counting write and ``close`` (the
+        request's sample into the buffer). Built with ``_Native(environ, start_response,
+        t0, route)``; the rest is set as on the Python one."""
+
+        __slots__ = ()
+
+
+
+def record_into(rec: Any) -> Any:
+    """Send this module's requests to recorder ``rec`` (the demo's benchmark keeps its own
+    samples apart this way); returns the recorder they went to."""
+    global _rec, _buf
+    old, _rec, _buf = _rec, rec, rec.buf
+    if _Native is not None:  # the compiled exchange is bound to one recorder too
+        _wsgi.bind(rec, rec.buf.extend, UNTIL, DEFAULT, CUTS, _ended, _reset, _set, ROUTE_KEY,
+                   EXC_KEY, KIND_HTTP)
+    return old
+
+
+record_into(_rec)
+
+
 class InstrumentMiddleware:
     """Wrap any WSGI app: ``app = InstrumentMiddleware(app)``.
 
@@ -268,6 +306,9 @@ class InstrumentMiddleware:
         self._bypass, self._exclude = front(app, settings, exclude_paths, asgi=False)
         self._rid = settings.request_id
         self._tc = settings.trace_context
+        # the compiled twin, unless INSTRUMENT_NATIVE=false (the same answers)
+        self._continued = fast_continued if settings.native else continued
+        self._native = settings.native and _Native is not None
         if self._tc:
             use()  # fresh trace and span ids minted ahead from now on
         #: Route label when no framework adapter named one: None means the path
@@ -280,17 +321,20 @@ class InstrumentMiddleware:
             return self._bypass(environ, start_response)
         t0 = perf_counter()
         next(_started)  # in flight until close()
-        # Attributes set here, not in an __init__: a Python call frame costs more than they do.
-        ex = _Exchange()
-        ex.env = environ
-        ex._sr = start_response
-        ex.t0 = t0
-        ex.tf = 0.0
-        ex.rb = 0
-        ex.status = "500"
-        ex.exc = None
-        ex.done = True
-        ex.route = self._unrouted
+        if self._native:  # its constructor sets what the Python one's lines below do
+            ex = _Native(environ, start_response, t0, self._unrouted)
+        else:
+            # Attributes set here, not in an __init__: a Python call frame costs more.
+            ex = _Exchange()
+            ex.env = environ
+            ex._sr = start_response
+            ex.t0 = t0
+            ex.tf = 0.0
+            ex.rb = 0
+            ex.status = "500"
+            ex.exc = None
+            ex.done = True
+            ex.route = self._unrouted
         if environ.get("CONTENT_LENGTH") or "HTTP_TRANSFER_ENCODING" in environ:
             inp = ex.inp = _Input(environ["wsgi.input"])
             environ["wsgi.input"] = inp
@@ -301,7 +345,7 @@ class InstrumentMiddleware:
             ex.tp = ""
         elif "HTTP_TRACEPARENT" in environ:
             # continued: the caller's trace id may serve as the request id
-            ex.tp, trace_rid = continued(environ["HTTP_TRACEPARENT"])
+            ex.tp, trace_rid = self._continued(environ["HTTP_TRACEPARENT"])
         else:
             ex.tp = None  # started only if something asks (a log line, an outgoing call)
         if self._rid:

@@ -132,19 +132,18 @@ def _privatise(node: Any, private: Recorder) -> int:
 def _private_buffer(private: Recorder) -> Iterator[None]:
     """Point the middlewares' buffer at ``private``: the benchmark's samples are not stored.
 
-    The middlewares store into their module's ``_rec`` and ``_buf`` (bound once, for a
-    cheaper request path), so those are what is swapped, and put back afterwards.
+    The middlewares store into the recorder their module is bound to (once, for a
+    cheaper request path; their compiled exchanges too), so that is what is swapped,
+    and put back afterwards.
     """
     from instrument.adapters import asgi, wsgi
 
-    saved = [(m, m._rec, m._buf) for m in (wsgi, asgi)]
-    for m, _, _ in saved:
-        m._rec, m._buf = private, private.buf  # type: ignore[attr-defined]
+    saved = [(m, m.record_into(private)) for m in (wsgi, asgi)]
     try:
         yield
     finally:
-        for m, rec, buf in saved:
-            m._rec, m._buf = rec, buf  # type: ignore[attr-defined]
+        for m, rec in saved:
+            m.record_into(rec)
 
 
 def _compare(app: str, target: str, bare: Run, instrumented: Run, private: Recorder,
