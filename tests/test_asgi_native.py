@@ -301,7 +301,11 @@ _REQUESTS = [
     ("/silent", [], b""),
     ("/answered", [], b""),
     ("/unavailable", [(b"traceparent", TP)], b""),
+    ("/ok", [[b"x-request-id", b"list-id"], [b"traceparent", TP]], b""),
+    ("/ok", [(b"x-request-id", b"first"), (b"host", b"a"), (b"x-request-id", b"second")], b""),
 ]
+#: request ids the requests above bring (the first of each; a traceparent's trace id)
+_GIVEN = {"given-id-1", "list-id", "first", TP[3:35].decode()}
 
 
 def _samples(native: bool, candidate: bool) -> list[Any]:
@@ -344,7 +348,7 @@ def _samples(native: bool, candidate: bool) -> list[Any]:
         assert t1 >= t0 > 0
         disc = rest[-1]
         if disc.__class__ is tuple:  # the request id of a request that came without one
-            disc = (disc[0], disc[1] if disc[1] == "given-id-1" else bool(disc[1]), *disc[2:-1],
+            disc = (disc[0], disc[1] if disc[1] in _GIVEN else bool(disc[1]), *disc[2:-1],
                     disc[-1] if disc[-1] in (None, b"") else bytes(disc[-1])[:36])
         out.append((kind, tf > 0, *rest[:-1], disc))
     return out
@@ -367,6 +371,7 @@ def test_the_compiled_record_buffers_the_python_sample(candidate: bool) -> None:
     details = native[0][-1]
     if candidate:
         assert details[:6] == (False, "given-id-1", "/ok", b"q=1&token=x", ("10.0.0.9", 4242), _UA)
+        assert [s[-1][1] for s in native[-2:]] == ["list-id", "first"]
     else:
         assert details is False
 

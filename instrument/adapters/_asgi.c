@@ -17,6 +17,7 @@ static PyObject *s_type, *s_body, *s_more_body, *s_status, *s_headers;
 static PyObject *s_kind_body, *s_kind_start, *s_kind_pathsend, *s_throw, *s_close;
 static PyObject *b_rid_name, *b_tp_name, *b_ua_name, *empty_tuple, *int500;
 static PyObject *s_path, *s_query_string, *s_client, *s_method;
+static PyObject *s_route, *s_fastapi, *s_effective, *s_root_path, *s_empty;
 /* where record() appends, bound once by asgi.py (bind()), and the names it uses */
 static Sink sink;
 static PyObject *exc_key, *kind_http;
@@ -29,6 +30,8 @@ typedef struct {
     PyObject *status;
     PyObject *rid;
     PyObject *tp;
+    PyObject *in_rid;  /* the request's own x-request-id and traceparent values, or NULL */
+    PyObject *in_tp;
     Py_ssize_t qb;
     Py_ssize_t rb;
     double tf;
@@ -333,21 +336,99 @@ details(Exchange *self)
     return out;
 }
 
+/* The route's template from RouteResolver's cache (routes.py), for the common case: the
+ * router left its route in the scope, its template is cached, no Mount moved root_path.
+ * A new reference; NULL without an exception when the resolver must be asked. */
+static PyObject *
+cached_route(PyObject *scope, PyObject *templates, PyObject *root0)
+{
+    if (!PyDict_CheckExact(scope) || !PyDict_CheckExact(templates)) {
+        return NULL;
+    }
+    PyObject *route = PyDict_GetItemWithError(scope, s_route);
+    if (route == NULL || route == Py_None) {
+        return NULL;
+    }
+    PyObject *obj = route;
+    PyObject *fastapi = PyDict_GetItemWithError(scope, s_fastapi);
+    if (fastapi != NULL && fastapi != Py_None) {
+        if (!PyDict_CheckExact(fastapi)) {
+            return NULL;
+        }
+        PyObject *ctx = PyDict_GetItemWithError(fastapi, s_effective);
+        if (ctx != NULL && ctx != Py_None) {
+            obj = ctx;
+        }
+    }
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *key = PyLong_FromVoidPtr(obj);  /* id(obj) */
+    if (key == NULL) {
+        return NULL;
+    }
+    PyObject *hit = PyDict_GetItemWithError(templates, key);
+    Py_DECREF(key);
+    if (hit == NULL || !PyTuple_CheckExact(hit) || PyTuple_GET_SIZE(hit) != 2
+        || PyTuple_GET_ITEM(hit, 0) != obj) {
+        return NULL;
+    }
+    PyObject *root = PyDict_GetItemWithError(scope, s_root_path);
+    if (root == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        root = s_empty;
+    }
+    if (root != root0) {
+        int same = PyObject_RichCompareBool(root, root0, Py_EQ);
+        if (same != 1) {  /* a Mount's prefix to add (or an error): the resolver's work */
+            return NULL;
+        }
+    }
+    PyObject *template = PyTuple_GET_ITEM(hit, 1);
+    Py_INCREF(template);
+    return template;
+}
+
+static PyObject *record(Exchange *self, PyObject *t0, PyObject *t1, PyObject *exc,
+                        PyObject *route);
+
 static PyObject *
 Exchange_record(Exchange *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "record(t0, t1, route, exc)");
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "record(t0, t1, exc, resolve, templates, root0)");
         return NULL;
     }
     if (!sink_bound(&sink)) {
         return NULL;
     }
-    PyObject *t0 = args[0], *t1 = args[1], *route = args[2], *exc = args[3];
+    PyObject *t0 = args[0], *t1 = args[1], *exc = args[2];
     if (self->scope == NULL || self->status == NULL) {
         PyErr_SetString(PyExc_AttributeError, "scope");
         return NULL;
     }
+    /* the route: from the resolver's cache, or the resolver (resolve(scope, root0)) */
+    PyObject *route = cached_route(self->scope, args[4], args[5]);
+    if (route == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        PyObject *call[2] = {self->scope, args[5]};
+        route = PyObject_Vectorcall(args[3], call, 2, NULL);
+        if (route == NULL) {
+            return NULL;
+        }
+    }
+    PyObject *r = record(self, t0, t1, exc, route);
+    Py_DECREF(route);
+    return r;
+}
+
+static PyObject *
+record(Exchange *self, PyObject *t0, PyObject *t1, PyObject *exc, PyObject *route)
+{
     int failed = exc == Py_None ? 0 : PyObject_IsTrue(exc);
     if (failed < 0) {
         return NULL;
@@ -443,6 +524,82 @@ Exchange_record(Exchange *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* 1 when bytes ``name`` is the ``len``-byte lowercase header name ``want`` */
+static int
+named(PyObject *name, const char *want, Py_ssize_t len)
+{
+    if (PyBytes_CheckExact(name)) {
+        return PyBytes_GET_SIZE(name) == len && memcmp(PyBytes_AS_STRING(name), want, len) == 0;
+    }
+    PyObject *w = PyBytes_FromStringAndSize(want, len);
+    if (w == NULL) {
+        return -1;
+    }
+    int eq = PyObject_RichCompareBool(name, w, Py_EQ);
+    Py_DECREF(w);
+    return eq;
+}
+
+/* One pass over the request headers for the first x-request-id and traceparent values
+   (the middleware's ``in_rid`` and ``in_tp``): what the Python twin finds with two
+   list searches. Servers give (name, value) tuples; any other pair is read too. */
+static int
+find_ids(Exchange *self, PyObject *scope)
+{
+    PyObject *headers = PyObject_GetItem(scope, s_headers);
+    if (headers == NULL) {
+        return -1;
+    }
+    PyObject *seq = PySequence_Fast(headers, "the scope's headers are not a sequence");
+    Py_DECREF(headers);
+    if (seq == NULL) {
+        return -1;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    int rc = 0;
+    for (Py_ssize_t i = 0; i < n && (self->in_rid == NULL || self->in_tp == NULL); i++) {
+        PyObject *pair = items[i], *name, *value;
+        if (PyTuple_CheckExact(pair) && PyTuple_GET_SIZE(pair) == 2) {
+            name = PyTuple_GET_ITEM(pair, 0);
+            value = PyTuple_GET_ITEM(pair, 1);
+        }
+        else if (PyList_CheckExact(pair) && PyList_GET_SIZE(pair) == 2) {
+            name = PyList_GET_ITEM(pair, 0);
+            value = PyList_GET_ITEM(pair, 1);
+        }
+        else {
+            continue;  /* not a (name, value) pair: the Python twin's searches skip it too */
+        }
+        /* quick refusal on the length: almost every header is neither */
+        if (PyBytes_CheckExact(name) && PyBytes_GET_SIZE(name) != 12
+            && PyBytes_GET_SIZE(name) != 11) {
+            continue;
+        }
+        int is_rid = self->in_rid == NULL ? named(name, "x-request-id", 12) : 0;
+        if (is_rid < 0) {
+            rc = -1;
+            break;
+        }
+        if (is_rid) {
+            Py_INCREF(value);
+            self->in_rid = value;
+            continue;
+        }
+        int is_tp = self->in_tp == NULL ? named(name, "traceparent", 11) : 0;
+        if (is_tp < 0) {
+            rc = -1;
+            break;
+        }
+        if (is_tp) {
+            Py_INCREF(value);
+            self->in_tp = value;
+        }
+    }
+    Py_DECREF(seq);
+    return rc;
+}
+
 static PyObject *
 Exchange_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
@@ -466,6 +623,10 @@ Exchange_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->send = send;
     Py_INCREF(int500);
     self->status = int500;  /* until the response starts: a request that never does failed */
+    if (scope != NULL && find_ids(self, scope) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
     return (PyObject *)self;
 }
 
@@ -496,6 +657,8 @@ Exchange_traverse(Exchange *self, visitproc visit, void *arg)
     Py_VISIT(self->status);
     Py_VISIT(self->rid);
     Py_VISIT(self->tp);
+    Py_VISIT(self->in_rid);
+    Py_VISIT(self->in_tp);
     return 0;
 }
 
@@ -508,6 +671,8 @@ Exchange_clear(Exchange *self)
     Py_CLEAR(self->status);
     Py_CLEAR(self->rid);
     Py_CLEAR(self->tp);
+    Py_CLEAR(self->in_rid);
+    Py_CLEAR(self->in_tp);
     return 0;
 }
 
@@ -524,7 +689,8 @@ static PyMethodDef Exchange_methods[] = {
     {"send", (PyCFunction)Exchange_send, METH_O,
      "Count and pass on one message; the last body chunk's awaitable stamps the end time."},
     {"record", (PyCFunction)(void (*)(void))Exchange_record, METH_FASTCALL,
-     "record(t0, t1, route, exc): the request's sample into the recorder's buffer."},
+     "record(t0, t1, exc, resolve, templates, root0): the request's sample into the"
+     " recorder's buffer, under its route (resolve(scope, root0) unless cached)."},
     {NULL}
 };
 
@@ -535,6 +701,8 @@ static PyMemberDef Exchange_members[] = {
     {"status", T_OBJECT_EX, offsetof(Exchange, status), 0, NULL},
     {"rid", T_OBJECT_EX, offsetof(Exchange, rid), 0, NULL},
     {"tp", T_OBJECT_EX, offsetof(Exchange, tp), 0, NULL},
+    {"in_rid", T_OBJECT, offsetof(Exchange, in_rid), READONLY, NULL},
+    {"in_tp", T_OBJECT, offsetof(Exchange, in_tp), READONLY, NULL},
     {"qb", T_PYSSIZET, offsetof(Exchange, qb), 0, NULL},
     {"rb", T_PYSSIZET, offsetof(Exchange, rb), 0, NULL},
     {"tf", T_DOUBLE, offsetof(Exchange, tf), 0, NULL},
@@ -791,6 +959,11 @@ PyInit__asgi(void)
     INTERN(s_query_string, "query_string");
     INTERN(s_client, "client");
     INTERN(s_method, "method");
+    INTERN(s_route, "route");
+    INTERN(s_fastapi, "fastapi");
+    INTERN(s_effective, "effective_route_context");
+    INTERN(s_root_path, "root_path");
+    INTERN(s_empty, "");
     if ((b_rid_name = PyBytes_FromString("x-request-id")) == NULL
         || (b_tp_name = PyBytes_FromString("traceparent")) == NULL
         || (b_ua_name = PyBytes_FromString("user-agent")) == NULL

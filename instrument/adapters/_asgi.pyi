@@ -9,6 +9,8 @@ class Exchange:
     status: Any
     rid: Any
     tp: Any
+    in_rid: Any
+    in_tp: Any
     qb: int
     rb: int
     tf: float
@@ -16,7 +18,8 @@ class Exchange:
     disc: bool
     def __init__(self, scope: Any = ..., receive: Any = ..., send: Any = ...) -> None: ...
     def send(self, message: Any) -> Awaitable[None]: ...
-    def record(self, t0: float, t1: float, route: Any, exc: BaseException | None) -> None: ...
+    def record(self, t0: float, t1: float, exc: BaseException | None, resolve: Any,
+               templates: dict[int, tuple[Any, str]], root0: str) -> None: ...
 
 def bind(recorder: Any, extend: Any, until: list[float], default: list[float],
          cuts: dict[Any, float], exc_key: str, kind_http: str) -> None: ...

@@ -5,6 +5,11 @@ background tasks, which run after that, do not count towards its duration.
 Bytes are counted on ``receive`` and ``send`` as they flow. WebSocket and
 lifespan scopes pass straight through, except that the kit flushes before the
 server hears ``lifespan.shutdown.complete``.
+
+The per-request exchange (its fields, ``send``, the sample's append) is compiled
+(``_asgi.c``) where the install had a C compiler, as it does under ``make``;
+``_Exchange`` below is its reference and the fallback (``INSTRUMENT_NATIVE=false``
+chooses it). tests/test_asgi_native.py holds the two to the same messages and samples.
 """
 
 from __future__ import annotations
@@ -228,7 +233,9 @@ class InstrumentMiddleware:
         self.app = app
         # excluded paths (and the kit's /metrics and dashboard) are answered, never recorded
         self._bypass, self._exclude = front(app, settings, exclude_paths, asgi=True)
-        self._resolve = RouteResolver(app).__call__  # a bound method: cheaper to call
+        resolver = RouteResolver(app)
+        self._resolve = resolver.__call__  # a bound method: cheaper to call
+        self._templates = resolver._templates  # the compiled exchange reads its cache
         self._rid = settings.request_id
         self._tc = settings.trace_context
         # the compiled twin, unless INSTRUMENT_NATIVE=false (the same answers)
@@ -252,8 +259,10 @@ class InstrumentMiddleware:
             return
         root0 = scope.get("root_path", "")
         native = self._native
-        if native:  # its constructor sets what the Python one's lines below do
-            ex = _Native(scope, receive, send)
+        if native:  # its constructor sets what the Python one's lines below do, and finds
+            ex = _Native(scope, receive, send)  # the request's two id headers in one pass
+            in_tp = ex.in_tp
+            in_rid = ex.in_rid
         else:
             ex = _Exchange()
             ex.scope = scope
@@ -263,22 +272,30 @@ class InstrumentMiddleware:
             ex.status = 500
             ex.tf = ex.t_end = 0.0
             ex.disc = False
+            headers = scope["headers"]
+            # Servers send (name, value) tuples; for one sending lists, the names are scanned.
+            lists = headers and headers[0].__class__ is not tuple
+            if _TP_PROBE in headers:
+                in_tp = headers[headers.index(_TP_PROBE)][1]
+            elif lists and _TP_NAME in map(_first, headers):
+                in_tp = next(v for k, v in headers if k == _TP_NAME)
+            else:
+                in_tp = None
+            if _RID_PROBE in headers or (lists and _RID_NAME in map(_first, headers)):
+                in_rid = next(v for k, v in headers if k == _RID_NAME)
+            else:
+                in_rid = None
         tok = None
-        headers = scope["headers"]
-        # Servers send (name, value) tuples; for one sending lists, the names are scanned.
-        lists = headers and headers[0].__class__ is not tuple
         trace_rid = None
         if not self._tc:
             ex.tp = b""
-        elif _TP_PROBE in headers:  # continued: the caller's trace id may be the request id
-            ex.tp, trace_rid = self._continued(headers[headers.index(_TP_PROBE)][1])
-        elif lists and _TP_NAME in map(_first, headers):
-            ex.tp, trace_rid = self._continued(_header(headers, _TP_NAME) or b"")
+        elif in_tp is not None:  # continued: the caller's trace id may be the request id
+            ex.tp, trace_rid = self._continued(in_tp)
         else:
             ex.tp = None  # started only if something asks (a log line, an outgoing call)
         if self._rid:
-            if _RID_PROBE in headers or (lists and _RID_NAME in map(_first, headers)):
-                ex.rid = incoming_id(next(v for k, v in headers if k == _RID_NAME))
+            if in_rid is not None:
+                ex.rid = incoming_id(in_rid)
             elif trace_rid is not None:
                 ex.rid = trace_rid
             else:
@@ -308,11 +325,11 @@ class InstrumentMiddleware:
                     _reset(tok)
                 except (ValueError, RuntimeError):  # left from another context
                     _set(None)
-            route = self._resolve(scope, root0)
-            if native:  # the Python lines below, compiled: the same sample, the same append
-                ex.record(t0, t1, route, exc)
+            if native:  # the Python lines below, compiled: the same route, sample and append
+                ex.record(t0, t1, exc, self._resolve, self._templates, root0)
                 exc = None  # the flusher has it (its group): no frame -> exception cycle kept
             else:
+                route = self._resolve(scope, root0)
                 status = 500 if exc else ex.status
                 # a candidate exemplar carries its details (see the WSGI middleware)
                 if (t0 >= _ex_until[0] or t1 - t0 >= _cut(route, _ex_default[0])

@@ -6,6 +6,11 @@ they flow, and one append to the buffer. A body handed over whole as a list is
 iterated natively and sized at close. The status line is kept as the string the
 app gave and parsed later by the flusher. One object per request serves as
 ``start_response``, response iterable and request context.
+
+That object is compiled (``_wsgi.c``) where the install had a C compiler, as it does
+under ``make``; ``_Exchange`` below is its reference and the fallback
+(``INSTRUMENT_NATIVE=false`` chooses it). tests/test_wsgi_native.py holds the two to
+the same headers, samples and exemplar details.
 """
 
 from __future__ import annotations
