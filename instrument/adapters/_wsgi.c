@@ -404,8 +404,8 @@ Exchange_traverse(Exchange *self, visitproc visit, void *arg)
     return PyList_Type.tp_traverse((PyObject *)self, visit, arg);
 }
 
-static int
-Exchange_clear(Exchange *self)
+static void
+clear_fields(Exchange *self)
 {
     Py_CLEAR(self->sr);
     Py_CLEAR(self->w);
@@ -417,6 +417,12 @@ Exchange_clear(Exchange *self)
     Py_CLEAR(self->status);
     Py_CLEAR(self->tok);
     Py_CLEAR(self->tp);
+}
+
+static int
+Exchange_clear(Exchange *self)
+{
+    clear_fields(self);
     return PyList_Type.tp_clear((PyObject *)self);
 }
 
@@ -424,16 +430,7 @@ static void
 Exchange_dealloc(Exchange *self)
 {
     PyObject_GC_UnTrack(self);
-    Py_CLEAR(self->sr);
-    Py_CLEAR(self->w);
-    Py_CLEAR(self->env);
-    Py_CLEAR(self->exc);
-    Py_CLEAR(self->inp);
-    Py_CLEAR(self->rid);
-    Py_CLEAR(self->route);
-    Py_CLEAR(self->status);
-    Py_CLEAR(self->tok);
-    Py_CLEAR(self->tp);
+    clear_fields(self);
     PyList_Type.tp_dealloc((PyObject *)self);  /* the items; then tp_free */
 }
 

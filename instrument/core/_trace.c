@@ -95,6 +95,40 @@ fresh_pair(int as_bytes)
     return out;
 }
 
+/* The answer for the 55 bytes at ``p`` of ``value``: this request's traceparent (str, or
+   bytes when ``as_bytes``) and the caller's trace id; ``slow`` for any other shape. */
+static PyObject *
+answer(PyObject *value, const unsigned char *p, int as_bytes, PyObject *slow)
+{
+    int ok = check(p);
+    if (ok == 0) {
+        return PyObject_CallOneArg(slow, value);
+    }
+    if (ok < 0) {
+        return fresh_pair(as_bytes);
+    }
+    PyObject *sp = span();
+    if (sp == NULL) {
+        return NULL;
+    }
+    PyObject *tp = as_bytes ? PyBytes_FromStringAndSize(NULL, 55) : PyUnicode_New(55, 127);
+    PyObject *trace = PyUnicode_New(32, 127);
+    PyObject *out = PyTuple_New(2);
+    if (tp == NULL || trace == NULL || out == NULL) {
+        Py_DECREF(sp);
+        Py_XDECREF(tp);
+        Py_XDECREF(trace);
+        Py_XDECREF(out);
+        return NULL;
+    }
+    build(as_bytes ? PyBytes_AS_STRING(tp) : PyUnicode_DATA(tp), p, sp);
+    memcpy(PyUnicode_DATA(trace), p + 3, 32);
+    Py_DECREF(sp);
+    PyTuple_SET_ITEM(out, 0, tp);
+    PyTuple_SET_ITEM(out, 1, trace);
+    return out;
+}
+
 static PyObject *
 continued(PyObject *module, PyObject *value)
 {
@@ -102,38 +136,7 @@ continued(PyObject *module, PyObject *value)
         || PyUnicode_GET_LENGTH(value) != 55) {
         return PyObject_CallOneArg(slow_str, value);
     }
-    const unsigned char *p = PyUnicode_DATA(value);
-    int ok = check(p);
-    if (ok == 0) {
-        return PyObject_CallOneArg(slow_str, value);
-    }
-    if (ok < 0) {
-        return fresh_pair(0);
-    }
-    PyObject *sp = span();
-    if (sp == NULL) {
-        return NULL;
-    }
-    PyObject *tp = PyUnicode_New(55, 127);
-    PyObject *trace = PyUnicode_New(32, 127);
-    if (tp == NULL || trace == NULL) {
-        Py_DECREF(sp);
-        Py_XDECREF(tp);
-        Py_XDECREF(trace);
-        return NULL;
-    }
-    build(PyUnicode_DATA(tp), p, sp);
-    memcpy(PyUnicode_DATA(trace), p + 3, 32);
-    Py_DECREF(sp);
-    PyObject *out = PyTuple_New(2);
-    if (out == NULL) {
-        Py_DECREF(tp);
-        Py_DECREF(trace);
-        return NULL;
-    }
-    PyTuple_SET_ITEM(out, 0, tp);
-    PyTuple_SET_ITEM(out, 1, trace);
-    return out;
+    return answer(value, PyUnicode_DATA(value), 0, slow_str);
 }
 
 static PyObject *
@@ -142,38 +145,7 @@ continued_bytes(PyObject *module, PyObject *value)
     if (!PyBytes_CheckExact(value) || PyBytes_GET_SIZE(value) != 55) {
         return PyObject_CallOneArg(slow_bytes, value);
     }
-    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(value);
-    int ok = check(p);
-    if (ok == 0) {
-        return PyObject_CallOneArg(slow_bytes, value);
-    }
-    if (ok < 0) {
-        return fresh_pair(1);
-    }
-    PyObject *sp = span();
-    if (sp == NULL) {
-        return NULL;
-    }
-    PyObject *tp = PyBytes_FromStringAndSize(NULL, 55);
-    PyObject *trace = PyUnicode_New(32, 127);
-    if (tp == NULL || trace == NULL) {
-        Py_DECREF(sp);
-        Py_XDECREF(tp);
-        Py_XDECREF(trace);
-        return NULL;
-    }
-    build(PyBytes_AS_STRING(tp), p, sp);
-    memcpy(PyUnicode_DATA(trace), p + 3, 32);
-    Py_DECREF(sp);
-    PyObject *out = PyTuple_New(2);
-    if (out == NULL) {
-        Py_DECREF(tp);
-        Py_DECREF(trace);
-        return NULL;
-    }
-    PyTuple_SET_ITEM(out, 0, tp);
-    PyTuple_SET_ITEM(out, 1, trace);
-    return out;
+    return answer(value, (const unsigned char *)PyBytes_AS_STRING(value), 1, slow_bytes);
 }
 
 static PyObject *
