@@ -11,7 +11,12 @@
  * tests/test_asgi_native.py holds the two to the same behaviour.
  */
 #include "_record.h"
+#include "../core/_traceparent.h"
 #include <structmember.h>
+
+/* the constructor's ``ids`` flags: the request id on, trace context on (settings) */
+#define IDS_RID 1
+#define IDS_TRACE 2
 
 static PyObject *s_type, *s_body, *s_more_body, *s_status, *s_headers;
 static PyObject *s_kind_body, *s_kind_start, *s_kind_pathsend, *s_throw, *s_close;
@@ -20,7 +25,9 @@ static PyObject *s_path, *s_query_string, *s_client, *s_method;
 static PyObject *s_route, *s_fastapi, *s_effective, *s_root_path, *s_empty;
 /* where record() appends, bound once by asgi.py (bind()), and the names it uses */
 static Sink sink;
-static PyObject *exc_key, *kind_http;
+static PyObject *exc_key, *kind_http, *bytes_empty;
+/* what the constructor's ids step calls beyond its own lines (bind_trace()) */
+static Trace trace;
 
 typedef struct {
     PyObject_HEAD
@@ -600,15 +607,46 @@ find_ids(Exchange *self, PyObject *scope)
     return rc;
 }
 
+/* What the Python twin's middleware lines set from the two headers: ``tp`` (continued
+   from an incoming traceparent, None until something starts one, b"" with trace context
+   off) and ``rid`` (the caller's checked x-request-id, else the caller's trace id, else
+   one minted ahead). */
+static int
+assign_ids(Exchange *self, long ids)
+{
+    PyObject *caller = NULL;
+    if (!(ids & IDS_TRACE)) {
+        self->tp = Py_NewRef(bytes_empty);
+    }
+    else if (self->in_tp != NULL) {
+        if (tp_continue(&trace, self->in_tp, 1, &self->tp, &caller) < 0) {
+            return -1;
+        }
+    }
+    else {
+        self->tp = Py_NewRef(Py_None);
+    }
+    if (!(ids & IDS_RID)) {
+        self->rid = Py_NewRef(Py_None);
+    }
+    else {
+        self->rid = tp_request_id(&trace, self->in_rid, caller);
+    }
+    Py_XDECREF(caller);
+    return self->rid == NULL ? -1 : 0;
+}
+
+/* Exchange(scope, receive, send[, ids]): the fields the Python twin sets inline, the two id
+   headers found; with ``ids`` (IDS_* flags) also its ``tp`` and ``rid`` */
 static PyObject *
 Exchange_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    PyObject *scope = NULL, *receive = NULL, *send = NULL;
+    PyObject *scope = NULL, *receive = NULL, *send = NULL, *ids = NULL;
     if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
         PyErr_SetString(PyExc_TypeError, "Exchange(scope, receive, send) takes no keywords");
         return NULL;
     }
-    if (!PyArg_UnpackTuple(args, "Exchange", 0, 3, &scope, &receive, &send)) {
+    if (!PyArg_UnpackTuple(args, "Exchange", 0, 4, &scope, &receive, &send, &ids)) {
         return NULL;
     }
     Exchange *self = (Exchange *)type->tp_alloc(type, 0);
@@ -626,6 +664,20 @@ Exchange_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (scope != NULL && find_ids(self, scope) < 0) {
         Py_DECREF(self);
         return NULL;
+    }
+    if (ids != NULL) {
+        long flags = PyLong_AsLong(ids);
+        if ((flags == -1 && PyErr_Occurred()) || (trace.popleft == NULL && flags != 0)) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_RuntimeError, "Exchange(): bind_trace() was not called");
+            }
+            Py_DECREF(self);
+            return NULL;
+        }
+        if (assign_ids(self, flags) < 0) {
+            Py_DECREF(self);
+            return NULL;
+        }
     }
     return (PyObject *)self;
 }
@@ -926,7 +978,24 @@ static PyTypeObject LastSendType = {
     .tp_methods = LastSend_methods,
 };
 
+static PyObject *
+bind_trace(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "bind_trace(spans_popleft, next_span, fresh,"
+                        " continued_bytes, ids_popleft, new_id, incoming_id)");
+        return NULL;
+    }
+    if (tp_bind(&trace, args, 7) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"bind_trace", (PyCFunction)(void (*)(void))bind_trace, METH_FASTCALL,
+     "bind_trace(spans_popleft, next_span, fresh, continued_bytes, ids_popleft, new_id,"
+     " incoming_id): what the constructor's ids step calls."},
     {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL,
      "bind(recorder, extend, until, default, cuts, exc_key, kind_http): where record() goes."},
     {NULL}
@@ -964,6 +1033,10 @@ PyInit__asgi(void)
     INTERN(s_effective, "effective_route_context");
     INTERN(s_root_path, "root_path");
     INTERN(s_empty, "");
+    tp_init();
+    if ((bytes_empty = PyBytes_FromStringAndSize(NULL, 0)) == NULL) {
+        return NULL;
+    }
     if ((b_rid_name = PyBytes_FromString("x-request-id")) == NULL
         || (b_tp_name = PyBytes_FromString("traceparent")) == NULL
         || (b_ua_name = PyBytes_FromString("user-agent")) == NULL

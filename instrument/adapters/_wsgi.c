@@ -8,13 +8,19 @@
  * tests/test_wsgi_native.py holds the two to the same samples and headers.
  */
 #include "_record.h"
+#include "../core/_traceparent.h"
 #include <structmember.h>
+
+/* the constructor's ``ids`` flags: the request id on, trace context on (settings) */
+#define IDS_RID 1
+#define IDS_TRACE 2
 
 static PyObject *s_http_traceparent, *s_traceparent, *s_rid_header, *s_counting_write;
 static PyObject *s_path_info, *s_query_string, *s_remote_addr, *s_user_agent, *s_method;
-static PyObject *s_n, *str500, *str5;
-/* bound once by wsgi.py (bind()) */
+static PyObject *s_n, *str500, *str5, *s_http_x_request_id, *str_empty;
+/* bound once by wsgi.py (bind(), bind_trace()) */
 static Sink sink;
+static Trace trace;
 static PyObject *ended, *reset, *set, *route_key, *exc_key, *kind_http;
 
 typedef struct {
@@ -33,6 +39,7 @@ typedef struct {
     double t0;
     double tf;
     char done;
+    char announce;  /* the response carries tp: 1 yes, 0 no, -1 asked of env at the time */
 } Exchange;
 
 static PyObject *
@@ -76,7 +83,10 @@ Exchange_start_response(Exchange *self, PyObject *const *args, Py_ssize_t nargs)
     if (with_tp < 0) {
         return NULL;
     }
-    if (with_tp) {  /* a trace this request started itself is not announced */
+    if (with_tp && self->announce >= 0) {  /* known since the constructor */
+        with_tp = self->announce;
+    }
+    else if (with_tp) {  /* a trace this request started itself is not announced */
         int has = PySequence_Contains(self->env, s_http_traceparent);
         if (has < 0) {
             return NULL;
@@ -349,12 +359,76 @@ done:
     Py_RETURN_NONE;
 }
 
-/* Exchange(environ, start_response, t0, route): the fields the Python twin sets inline */
+/* env[key] into *value (a new reference): 1 when present, 0 when not, -1 on an error */
+static int
+env_lookup(PyObject *env, PyObject *key, PyObject **value)
+{
+    if (PyDict_CheckExact(env)) {
+        *value = PyDict_GetItemWithError(env, key);
+        if (*value == NULL) {
+            return PyErr_Occurred() ? -1 : 0;
+        }
+        Py_INCREF(*value);
+        return 1;
+    }
+    int has = PySequence_Contains(env, key);
+    if (has <= 0) {
+        return has;
+    }
+    *value = PyObject_GetItem(env, key);
+    return *value == NULL ? -1 : 1;
+}
+
+/* What the Python twin's middleware lines set: ``tp`` (continued from an incoming
+   traceparent, None until something starts one, "" with trace context off) and ``rid``
+   (the caller's valid X-Request-ID, else the caller's trace id, else one minted ahead). */
+static int
+assign_ids(Exchange *self, PyObject *env, long ids)
+{
+    PyObject *caller = NULL, *value = NULL;
+    if (!(ids & IDS_TRACE)) {
+        self->tp = Py_NewRef(str_empty);
+        self->announce = 0;
+    }
+    else {
+        int has = env_lookup(env, s_http_traceparent, &value);
+        if (has < 0) {
+            return -1;
+        }
+        self->announce = (char)has;
+        if (has) {
+            int rc = tp_continue(&trace, value, 0, &self->tp, &caller);
+            Py_DECREF(value);
+            if (rc < 0) {
+                return -1;
+            }
+        }
+        else {
+            self->tp = Py_NewRef(Py_None);
+        }
+    }
+    if (!(ids & IDS_RID)) {
+        self->rid = Py_NewRef(Py_None);
+        Py_XDECREF(caller);
+        return 0;
+    }
+    PyObject *raw = env_get(env, s_http_x_request_id);
+    int truthy = raw == NULL ? -1 : PyObject_IsTrue(raw);
+    if (truthy >= 0) {
+        self->rid = tp_request_id(&trace, truthy ? raw : NULL, caller);
+    }
+    Py_XDECREF(raw);
+    Py_XDECREF(caller);
+    return truthy < 0 || self->rid == NULL ? -1 : 0;
+}
+
+/* Exchange(environ, start_response, t0, route[, ids]): the fields the Python twin sets
+   inline; with ``ids`` (IDS_* flags) also its ``tp`` and ``rid`` */
 static PyObject *
 Exchange_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    PyObject *env = NULL, *sr = NULL, *t0 = NULL, *route = NULL;
-    if (!PyArg_UnpackTuple(args, "Exchange", 0, 4, &env, &sr, &t0, &route)) {
+    PyObject *env = NULL, *sr = NULL, *t0 = NULL, *route = NULL, *ids = NULL;
+    if (!PyArg_UnpackTuple(args, "Exchange", 0, 5, &env, &sr, &t0, &route, &ids)) {
         return NULL;
     }
     Exchange *self = (Exchange *)type->tp_alloc(type, 0);
@@ -378,7 +452,26 @@ Exchange_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     Py_INCREF(str500);
     self->exc = Py_None;
     Py_INCREF(Py_None);
+    self->tok = Py_NewRef(Py_None);
+    self->inp = Py_NewRef(Py_None);
     self->done = 1;
+    self->announce = -1;
+    if (ids != NULL) {
+        long flags = PyLong_AsLong(ids);
+        if ((flags == -1 && PyErr_Occurred()) || env == NULL
+            || (trace.popleft == NULL && flags != 0)) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_RuntimeError, env == NULL ? "Exchange(): no environ"
+                                : "Exchange(): bind_trace() was not called");
+            }
+            Py_DECREF(self);
+            return NULL;
+        }
+        if (assign_ids(self, env, flags) < 0) {
+            Py_DECREF(self);
+            return NULL;
+        }
+    }
     return (PyObject *)self;
 }
 
@@ -497,7 +590,24 @@ bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+static PyObject *
+bind_trace(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "bind_trace(spans_popleft, next_span, fresh,"
+                        " continued, ids_popleft, new_id, incoming_id)");
+        return NULL;
+    }
+    if (tp_bind(&trace, args, 7) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"bind_trace", (PyCFunction)(void (*)(void))bind_trace, METH_FASTCALL,
+     "bind_trace(spans_popleft, next_span, fresh, continued, ids_popleft, new_id,"
+     " incoming_id): what the constructor's ids step calls."},
     {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL,
      "bind(recorder, extend, until, default, cuts, ended, reset, set, route_key, exc_key,"
      " kind_http): where close() records."},
@@ -529,6 +639,9 @@ PyInit__wsgi(void)
     INTERN(s_n, "n");
     INTERN(str500, "500");
     INTERN(str5, "5");
+    INTERN(s_http_x_request_id, "HTTP_X_REQUEST_ID");
+    INTERN(str_empty, "");
+    tp_init();
     ExchangeType.tp_base = &PyList_Type;
     if (sink_init(&sink) < 0 || PyType_Ready(&ExchangeType) < 0) {
         return NULL;

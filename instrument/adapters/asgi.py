@@ -25,11 +25,27 @@ from typing import Any
 from instrument.adapters.front import front
 from instrument.adapters.routes import RouteResolver
 from instrument.core.buffer import KIND_HTTP
-from instrument.core.context import COUNTER, IDS, PREFIX, READERS, current, incoming_id, route_of
+from instrument.core.context import (
+    COUNTER,
+    IDS,
+    PREFIX,
+    READERS,
+    current,
+    incoming_id,
+    new_id,
+    route_of,
+)
 from instrument.core.exemplars import CUTS, DEFAULT, UNTIL
 from instrument.core.profiler import register, register_worker
 from instrument.core.runtime import OFF, runtime
-from instrument.core.trace import continued_bytes, fast_continued_bytes, fresh, tracestate, use
+from instrument.core.trace import (
+    TRACE_BINDING,
+    continued_bytes,
+    fast_continued_bytes,
+    fresh,
+    tracestate,
+    use,
+)
 from instrument.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["EXC_KEY", "InstrumentMiddleware"]
@@ -209,6 +225,8 @@ def record_into(rec: Any) -> Any:
 
 
 record_into(_rec)
+if _Native is not None:  # what the compiled constructor's ids step calls beyond its own lines
+    _asgi.bind_trace(*TRACE_BINDING, continued_bytes, IDS.popleft, new_id, incoming_id)
 
 
 def exchange_class(native: bool = True) -> type[_Methods]:
@@ -242,6 +260,8 @@ class InstrumentMiddleware:
         self._continued = fast_continued_bytes if settings.native else continued_bytes
         self._exchange = exchange_class(settings.native)
         self._native = self._exchange is _Native
+        # the compiled constructor's ids step: which of the request id and trace context run
+        self._ids = (1 if self._rid else 0) | (2 if self._tc else 0)
         if self._tc:
             use()  # fresh trace and span ids minted ahead from now on
         if settings.profiler:
@@ -259,10 +279,12 @@ class InstrumentMiddleware:
             return
         root0 = scope.get("root_path", "")
         native = self._native
-        if native:  # its constructor sets what the Python one's lines below do, and finds
-            ex = _Native(scope, receive, send)  # the request's two id headers in one pass
-            in_tp = ex.in_tp
-            in_rid = ex.in_rid
+        tok = None
+        if native:  # its constructor sets what the Python one's lines below do: it finds
+            # the request's two id headers in one pass and sets the id and traceparent
+            ex = _Native(scope, receive, send, self._ids)
+            if _readers[0] and self._ids:
+                tok = _set(ex)
         else:
             ex = _Exchange()
             ex.scope = scope
@@ -285,30 +307,29 @@ class InstrumentMiddleware:
                 in_rid = next(v for k, v in headers if k == _RID_NAME)
             else:
                 in_rid = None
-        tok = None
-        trace_rid = None
-        if not self._tc:
-            ex.tp = b""
-        elif in_tp is not None:  # continued: the caller's trace id may be the request id
-            ex.tp, trace_rid = self._continued(in_tp)
-        else:
-            ex.tp = None  # started only if something asks (a log line, an outgoing call)
-        if self._rid:
-            if in_rid is not None:
-                ex.rid = incoming_id(in_rid)
-            elif trace_rid is not None:
-                ex.rid = trace_rid
+            trace_rid = None
+            if not self._tc:
+                ex.tp = b""
+            elif in_tp is not None:  # continued: the caller's trace id may be the request id
+                ex.tp, trace_rid = self._continued(in_tp)
             else:
-                try:
-                    ex.rid = _next_id()
-                except IndexError:  # none minted ahead (yet): mint one here
-                    ex.rid = PREFIX[0] + str(next(COUNTER))
-            if _readers[0]:
-                tok = _set(ex)
-        else:
-            ex.rid = None
-            if self._tc and _readers[0]:
-                tok = _set(ex)
+                ex.tp = None  # started only if something asks (a log line, an outgoing call)
+            if self._rid:
+                if in_rid is not None:
+                    ex.rid = incoming_id(in_rid)
+                elif trace_rid is not None:
+                    ex.rid = trace_rid
+                else:
+                    try:
+                        ex.rid = _next_id()
+                    except IndexError:  # none minted ahead (yet): mint one here
+                        ex.rid = PREFIX[0] + str(next(COUNTER))
+                if _readers[0]:
+                    tok = _set(ex)
+            else:
+                ex.rid = None
+                if self._tc and _readers[0]:
+                    tok = _set(ex)
         t0 = perf_counter()
         next(_started)
         exc: BaseException | None = None

@@ -29,11 +29,20 @@ from instrument.core.context import (
     REQUEST_ID_HEADER,
     current,
     incoming_id,
+    new_id,
 )
 from instrument.core.exemplars import CUTS, DEFAULT, UNTIL
 from instrument.core.profiler import register
 from instrument.core.runtime import OFF, runtime
-from instrument.core.trace import TRACEPARENT, continued, fast_continued, fresh, tracestate, use
+from instrument.core.trace import (
+    TRACE_BINDING,
+    TRACEPARENT,
+    continued,
+    fast_continued,
+    fresh,
+    tracestate,
+    use,
+)
 from instrument.types import StartResponse, WSGIApp, WSGIEnviron
 
 __all__ = ["EXC_KEY", "ROUTE_KEY", "InstrumentMiddleware"]
@@ -289,6 +298,8 @@ def record_into(rec: Any) -> Any:
 
 
 record_into(_rec)
+if _Native is not None:  # what the compiled constructor's ids step calls beyond its own lines
+    _wsgi.bind_trace(*TRACE_BINDING, continued, IDS.popleft, new_id, incoming_id)
 
 
 class InstrumentMiddleware:
@@ -314,6 +325,8 @@ class InstrumentMiddleware:
         # the compiled twin, unless INSTRUMENT_NATIVE=false (the same answers)
         self._continued = fast_continued if settings.native else continued
         self._native = settings.native and _Native is not None
+        # the compiled constructor's ids step: which of the request id and trace context run
+        self._ids = (1 if self._rid else 0) | (2 if self._tc else 0)
         if self._tc:
             use()  # fresh trace and span ids minted ahead from now on
         #: Route label when no framework adapter named one: None means the path
@@ -326,8 +339,11 @@ class InstrumentMiddleware:
             return self._bypass(environ, start_response)
         t0 = perf_counter()
         next(_started)  # in flight until close()
-        if self._native:  # its constructor sets what the Python one's lines below do
-            ex = _Native(environ, start_response, t0, self._unrouted)
+        if self._native:  # its constructor sets what the Python one's lines below do,
+            # the request id and traceparent included
+            ex = _Native(environ, start_response, t0, self._unrouted, self._ids)
+            if _readers[0] and self._ids:
+                ex.tok = _set(ex)
         else:
             # Attributes set here, not in an __init__: a Python call frame costs more.
             ex = _Exchange()
@@ -340,34 +356,33 @@ class InstrumentMiddleware:
             ex.exc = None
             ex.done = True
             ex.route = self._unrouted
+            ex.inp = None
+            trace_rid = None
+            if not self._tc:
+                ex.tp = ""
+            elif "HTTP_TRACEPARENT" in environ:
+                # continued: the caller's trace id may serve as the request id
+                ex.tp, trace_rid = self._continued(environ["HTTP_TRACEPARENT"])
+            else:
+                ex.tp = None  # started only if something asks (a log line, an outgoing call)
+            if self._rid:
+                raw = environ.get("HTTP_X_REQUEST_ID")
+                if raw:
+                    ex.rid = incoming_id(raw)
+                elif trace_rid is not None:
+                    ex.rid = trace_rid
+                else:
+                    try:
+                        ex.rid = _next_id()
+                    except IndexError:  # none minted ahead (yet): mint one here
+                        ex.rid = PREFIX[0] + str(next(COUNTER))
+                ex.tok = _set(ex) if _readers[0] else None
+            else:
+                ex.rid = None
+                ex.tok = _set(ex) if self._tc and _readers[0] else None
         if environ.get("CONTENT_LENGTH") or "HTTP_TRANSFER_ENCODING" in environ:
             inp = ex.inp = _Input(environ["wsgi.input"])
             environ["wsgi.input"] = inp
-        else:
-            ex.inp = None
-        trace_rid = None
-        if not self._tc:
-            ex.tp = ""
-        elif "HTTP_TRACEPARENT" in environ:
-            # continued: the caller's trace id may serve as the request id
-            ex.tp, trace_rid = self._continued(environ["HTTP_TRACEPARENT"])
-        else:
-            ex.tp = None  # started only if something asks (a log line, an outgoing call)
-        if self._rid:
-            raw = environ.get("HTTP_X_REQUEST_ID")
-            if raw:
-                ex.rid = incoming_id(raw)
-            elif trace_rid is not None:
-                ex.rid = trace_rid
-            else:
-                try:
-                    ex.rid = _next_id()
-                except IndexError:  # none minted ahead (yet): mint one here
-                    ex.rid = PREFIX[0] + str(next(COUNTER))
-            ex.tok = _set(ex) if _readers[0] else None
-        else:
-            ex.rid = None
-            ex.tok = _set(ex) if self._tc and _readers[0] else None
         try:
             res = self.app(environ, ex.start_response)
         except BaseException as e:

@@ -9,143 +9,35 @@
  * answer is the reference's in every case; tests/test_trace_native.py holds the two to
  * the same result over generated values.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <string.h>
+#include "_traceparent.h"
 
-/* bound by trace.py (bind()): SPANS.popleft, _next_span, fresh, continued, continued_bytes */
-static PyObject *popleft, *next_span, *fresh, *slow_str, *slow_bytes;
+/* bound by trace.py (bind()): the str answers' and the bytes answers' (the same but ``slow``) */
+static Trace t_str, t_bytes;
 
-static unsigned char hex[256];
-static const char zeros[32] = "00000000000000000000000000000000";
-
-/* 1: valid version 00 (ids checked); 0: the shape is wrong; -1: ids are all zeros */
-static int
-check(const unsigned char *p)
-{
-    if (p[0] != '0' || p[1] != '0' || p[2] != '-' || p[35] != '-' || p[52] != '-'
-        || !hex[p[53]] || !hex[p[54]]) {
-        return 0;
-    }
-    for (int i = 3; i < 35; i++) {
-        if (!hex[p[i]]) {
-            return 0;
-        }
-    }
-    for (int i = 36; i < 52; i++) {
-        if (!hex[p[i]]) {
-            return 0;
-        }
-    }
-    if (memcmp(p + 3, zeros, 32) == 0 || memcmp(p + 36, zeros, 16) == 0) {
-        return -1;
-    }
-    return 1;
-}
-
-/* a fresh span id, "-" and 16 hex digits, as ASCII; NULL with an exception on failure */
+/* (traceparent, caller's trace id | None), the pair trace.continued returns */
 static PyObject *
-span(void)
+pair(Trace *t, PyObject *value, int as_bytes)
 {
-    PyObject *s = PyObject_CallNoArgs(popleft);
-    if (s == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_IndexError)) {
-            return NULL;
-        }
-        PyErr_Clear();
-        s = PyObject_CallNoArgs(next_span);  /* none minted ahead: trace.py mints one */
-        if (s == NULL) {
-            return NULL;
-        }
-    }
-    if (!PyUnicode_CheckExact(s) || !PyUnicode_IS_COMPACT_ASCII(s)
-        || PyUnicode_GET_LENGTH(s) != 17) {
-        Py_DECREF(s);
-        PyErr_SetString(PyExc_ValueError, "a minted span id is not '-' and 16 hex digits");
+    PyObject *tp, *caller;
+    if (tp_continue(t, value, as_bytes, &tp, &caller) < 0) {
         return NULL;
     }
-    return s;
-}
-
-/* "00-" + trace + span + "-" + flags into ``out`` (55 bytes) */
-static void
-build(char *out, const unsigned char *in, PyObject *sp)
-{
-    memcpy(out, "00-", 3);
-    memcpy(out + 3, in + 3, 32);
-    memcpy(out + 35, PyUnicode_DATA(sp), 17);
-    memcpy(out + 52, in + 52, 3);
-}
-
-static PyObject *
-fresh_pair(int as_bytes)
-{
-    PyObject *tp = PyObject_CallNoArgs(fresh);
-    if (tp == NULL) {
-        return NULL;
-    }
-    if (as_bytes) {
-        Py_SETREF(tp, PyUnicode_AsASCIIString(tp));
-        if (tp == NULL) {
-            return NULL;
-        }
-    }
-    PyObject *out = PyTuple_Pack(2, tp, Py_None);
+    PyObject *out = PyTuple_Pack(2, tp, caller != NULL ? caller : Py_None);
     Py_DECREF(tp);
-    return out;
-}
-
-/* The answer for the 55 bytes at ``p`` of ``value``: this request's traceparent (str, or
-   bytes when ``as_bytes``) and the caller's trace id; ``slow`` for any other shape. */
-static PyObject *
-answer(PyObject *value, const unsigned char *p, int as_bytes, PyObject *slow)
-{
-    int ok = check(p);
-    if (ok == 0) {
-        return PyObject_CallOneArg(slow, value);
-    }
-    if (ok < 0) {
-        return fresh_pair(as_bytes);
-    }
-    PyObject *sp = span();
-    if (sp == NULL) {
-        return NULL;
-    }
-    PyObject *tp = as_bytes ? PyBytes_FromStringAndSize(NULL, 55) : PyUnicode_New(55, 127);
-    PyObject *trace = PyUnicode_New(32, 127);
-    PyObject *out = PyTuple_New(2);
-    if (tp == NULL || trace == NULL || out == NULL) {
-        Py_DECREF(sp);
-        Py_XDECREF(tp);
-        Py_XDECREF(trace);
-        Py_XDECREF(out);
-        return NULL;
-    }
-    build(as_bytes ? PyBytes_AS_STRING(tp) : PyUnicode_DATA(tp), p, sp);
-    memcpy(PyUnicode_DATA(trace), p + 3, 32);
-    Py_DECREF(sp);
-    PyTuple_SET_ITEM(out, 0, tp);
-    PyTuple_SET_ITEM(out, 1, trace);
+    Py_XDECREF(caller);
     return out;
 }
 
 static PyObject *
 continued(PyObject *module, PyObject *value)
 {
-    if (!PyUnicode_CheckExact(value) || !PyUnicode_IS_COMPACT_ASCII(value)
-        || PyUnicode_GET_LENGTH(value) != 55) {
-        return PyObject_CallOneArg(slow_str, value);
-    }
-    return answer(value, PyUnicode_DATA(value), 0, slow_str);
+    return pair(&t_str, value, 0);
 }
 
 static PyObject *
 continued_bytes(PyObject *module, PyObject *value)
 {
-    if (!PyBytes_CheckExact(value) || PyBytes_GET_SIZE(value) != 55) {
-        return PyObject_CallOneArg(slow_bytes, value);
-    }
-    return answer(value, (const unsigned char *)PyBytes_AS_STRING(value), 1, slow_bytes);
+    return pair(&t_bytes, value, 1);
 }
 
 static PyObject *
@@ -156,16 +48,9 @@ bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                         "bind(popleft, next_span, fresh, continued, continued_bytes)");
         return NULL;
     }
-    PyObject **slots[5] = {&popleft, &next_span, &fresh, &slow_str, &slow_bytes};
-    for (int i = 0; i < 5; i++) {
-        if (!PyCallable_Check(args[i])) {
-            PyErr_SetString(PyExc_TypeError, "bind() takes five callables");
-            return NULL;
-        }
-    }
-    for (int i = 0; i < 5; i++) {
-        Py_INCREF(args[i]);
-        Py_XSETREF(*slots[i], args[i]);
+    PyObject *for_bytes[4] = {args[0], args[1], args[2], args[4]};
+    if (tp_bind(&t_str, args, 4) < 0 || tp_bind(&t_bytes, for_bytes, 4) < 0) {
+        return NULL;
     }
     Py_RETURN_NONE;
 }
@@ -180,13 +65,13 @@ unbound(PyObject *module, PyObject *value)
 static PyObject *
 continued_checked(PyObject *module, PyObject *value)
 {
-    return popleft == NULL ? unbound(module, value) : continued(module, value);
+    return t_str.popleft == NULL ? unbound(module, value) : continued(module, value);
 }
 
 static PyObject *
 continued_bytes_checked(PyObject *module, PyObject *value)
 {
-    return popleft == NULL ? unbound(module, value) : continued_bytes(module, value);
+    return t_str.popleft == NULL ? unbound(module, value) : continued_bytes(module, value);
 }
 
 static PyMethodDef methods[] = {
@@ -211,8 +96,6 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__trace(void)
 {
-    for (const char *c = "0123456789abcdef"; *c; c++) {
-        hex[(unsigned char)*c] = 1;
-    }
+    tp_init();
     return PyModule_Create(&module);
 }

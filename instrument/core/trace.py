@@ -27,6 +27,7 @@ __all__ = [
     "TRACEPARENT",
     "TRACES",
     "TRACESTATE",
+    "TRACE_BINDING",
     "child_of",
     "continue_bytes",
     "continue_str",
@@ -190,6 +191,10 @@ def tracestate(value: str | bytes | None) -> str | None:
     return value
 
 
+#: What a compiled module continuing a traceparent calls (its ``bind_trace``): a span id
+#: minted ahead, one minted now, a fresh traceparent (see core/_traceparent.h).
+TRACE_BINDING = (SPANS.popleft, _next_span, fresh)
+
 fast_continued: Callable[[str], tuple[str, str | None]]
 fast_continued_bytes: Callable[[bytes], tuple[bytes, str | None]]
 try:
@@ -199,7 +204,7 @@ except ImportError:  # not compiled at install (no C compiler): the functions ab
 else:
     # The same answers (they hand anything but a 55-character version-00 value to the
     # functions above): about a tenth of the instructions on the usual header.
-    _compiled.bind(SPANS.popleft, _next_span, fresh, continued, continued_bytes)
+    _compiled.bind(*TRACE_BINDING, continued, continued_bytes)
     fast_continued, fast_continued_bytes = _compiled.continued, _compiled.continued_bytes
 
 
