@@ -593,15 +593,7 @@ bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 bind_trace(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "bind_trace(spans_popleft, next_span, fresh,"
-                        " continued, ids_popleft, new_id, incoming_id)");
-        return NULL;
-    }
-    if (tp_bind(&trace, args, 7) < 0) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return tp_bind_trace(&trace, args, nargs);
 }
 
 static PyMethodDef module_methods[] = {

@@ -221,4 +221,20 @@ tp_bind(Trace *t, PyObject *const *args, Py_ssize_t n)
     return 0;
 }
 
+/* The body of a module's ``bind_trace(*trace.TRACE_BINDING, continued, IDS.popleft, new_id,
+   incoming_id)``: ``t`` bound from its seven arguments. */
+static inline PyObject *
+tp_bind_trace(Trace *t, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "bind_trace(spans_popleft, next_span, fresh,"
+                        " continued, ids_popleft, new_id, incoming_id)");
+        return NULL;
+    }
+    if (tp_bind(t, args, 7) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 #endif
