@@ -43,6 +43,10 @@ GROUPS = {
     # traceparent (a trace is started), and on one that carries a valid traceparent
     "wsgi-trace": ("notrace", "kit", "incoming"),
     "asgi-trace": ("notrace", "kit", "incoming"),
+    # the same request, carrying a valid traceparent, with trace context off and on: what
+    # the feature adds, the header's own place in the environ or scope set aside
+    "wsgi-trace-header": ("notrace", "incoming"),
+    "asgi-trace-header": ("notrace", "incoming"),
     # exemplars (issue 14): off; on, once the flusher published its cuts (a request of a route
     # then pays the compares only); and a request that is a candidate (carries its details)
     "wsgi-exemplars": ("noexemplars", "kit", "candidate"),
@@ -71,14 +75,13 @@ def _runner(group: str, variant: str) -> Any:
     if group == "asgi-exemplars":
         from instrument.asgi import InstrumentMiddleware as Asgi
         return asgi_runner(asyncio.new_event_loop(), Asgi(ov._asgi_hello), "/hello")
-    if group == "wsgi-trace":
+    header = TRACEPARENT if variant == "incoming" or group.endswith("-header") else None
+    if group.startswith("wsgi-trace"):
         from instrument.wsgi import InstrumentMiddleware
-        return wsgi_runner(InstrumentMiddleware(ov._hello), "/hello",
-                           TRACEPARENT if variant == "incoming" else None)
-    if group == "asgi-trace":
+        return wsgi_runner(InstrumentMiddleware(ov._hello), "/hello", header)
+    if group.startswith("asgi-trace"):
         from instrument.asgi import InstrumentMiddleware as Asgi
-        return asgi_runner(asyncio.new_event_loop(), Asgi(ov._asgi_hello), "/hello",
-                           TRACEPARENT if variant == "incoming" else None)
+        return asgi_runner(asyncio.new_event_loop(), Asgi(ov._asgi_hello), "/hello", header)
     if group == "wsgi" or group in FLASK_VIEWS:
         if group == "wsgi":
             from instrument.wsgi import InstrumentMiddleware
@@ -123,6 +126,7 @@ def _child(group: str, variant: str, n: int) -> None:
     # Trace and span ids are minted ahead by the flusher every second; asleep here, it would
     # leave a long run minting its own (os.urandom) once the 2,048 ahead are used up.
     trace._AHEAD = 4096  # the same for both run lengths: minting them cancels out
+    trace._CHUNKS_AHEAD = 16  # the compiled modules' span ids: 4,096 (the default)
     trace.top_up()
     from instrument.core.runtime import runtime
     routes = {s[4] for s in runtime.recorder.drain(10**6) if s[0] == "http"}

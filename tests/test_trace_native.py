@@ -8,6 +8,8 @@ ids zeroed, upper case, other versions) and at random.
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
 import pytest
@@ -86,11 +88,65 @@ def test_a_valid_header_continues_with_a_fresh_span_each_time() -> None:
     assert "0" * 16 not in spans
 
 
+def _fresh_chunks(*chunks: bytes) -> None:
+    """Only ``chunks`` ahead, and no compiled module holding one of its own."""
+    from instrument.adapters import _asgi, _wsgi
+
+    trace.SPAN_CHUNKS.clear()
+    trace.SPAN_CHUNKS.extend(chunks)
+    for mod in (trace._compiled, _wsgi, _asgi):
+        mod.forget_spans()
+
+
 @pytest.mark.parametrize("as_bytes", [False, True], ids=["str", "bytes"])
 def test_with_no_span_minted_ahead_one_is_minted_here(as_bytes: bool) -> None:
-    trace.SPANS.clear()
+    _fresh_chunks()
     value: Any = VALID.encode() if as_bytes else VALID
     fn = trace.fast_continued_bytes if as_bytes else trace.fast_continued
     tp, caller = fn(value)
     assert caller == VALID[3:35]
     assert _norm((tp, caller), as_bytes)[0] == VALID[:36] + "<span>" + VALID[52:]
+    assert not trace.SPAN_CHUNKS  # a chunk minted for the module, none taken from ahead
+
+
+def test_span_ids_are_read_from_the_chunks_minted_ahead_in_order() -> None:
+    a, b, c = b"0123456789abcdef", b"fedcba9876543210", b"00000000000000a1"
+    _fresh_chunks(a + b"0" * 16 + b, c)  # an all-zero id in a chunk is skipped
+    spans = [trace.fast_continued(VALID)[0][36:52] for _ in range(3)]
+    assert spans == [a.decode(), b.decode(), c.decode()]
+    assert not trace.SPAN_CHUNKS
+    assert len(trace.fast_continued(VALID)[0]) == 55  # then one is minted
+
+
+def test_top_up_keeps_chunks_of_random_hex_ahead() -> None:
+    trace.use()
+    trace.SPAN_CHUNKS.clear()
+    trace.top_up()
+    assert len(trace.SPAN_CHUNKS) == trace._CHUNKS_AHEAD
+    assert len({*trace.SPAN_CHUNKS}) == trace._CHUNKS_AHEAD
+    for chunk in trace.SPAN_CHUNKS:
+        assert len(chunk) == 16 * trace._CHUNK and re.fullmatch(rb"[0-9a-f]+", chunk)
+
+
+def test_a_forked_child_never_hands_out_its_parents_span_ids() -> None:
+    """The chunk a compiled module holds at fork() is the parent's: the child drops it."""
+    _fresh_chunks()
+    trace.fast_continued(VALID)  # the parent now holds a chunk with 255 ids left
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next 100 span ids, to the parent
+        try:
+            spans = " ".join(trace.fast_continued(VALID)[0][36:52] for _ in range(100))
+            os.write(write, spans.encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    theirs = b""
+    while chunk := os.read(read, 65536):
+        theirs += chunk
+    os.close(read)
+    os.waitpid(pid, 0)
+    ours = {trace.fast_continued(VALID)[0][36:52] for _ in range(100)}
+    child = set(theirs.decode().split())
+    assert len(child) == 100 and len(ours) == 100
+    assert not ours & child

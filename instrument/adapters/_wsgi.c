@@ -459,7 +459,7 @@ Exchange_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (ids != NULL) {
         long flags = PyLong_AsLong(ids);
         if ((flags == -1 && PyErr_Occurred()) || env == NULL
-            || (trace.popleft == NULL && flags != 0)) {
+            || (trace.chunks == NULL && flags != 0)) {
             if (!PyErr_Occurred()) {
                 PyErr_SetString(PyExc_RuntimeError, env == NULL ? "Exchange(): no environ"
                                 : "Exchange(): bind_trace() was not called");
@@ -596,10 +596,18 @@ bind_trace(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return tp_bind_trace(&trace, args, nargs);
 }
 
+static PyObject *
+forget_spans(PyObject *module, PyObject *unused)
+{
+    return tp_forget_spans(&trace);
+}
+
 static PyMethodDef module_methods[] = {
     {"bind_trace", (PyCFunction)(void (*)(void))bind_trace, METH_FASTCALL,
-     "bind_trace(spans_popleft, next_span, fresh, continued, ids_popleft, new_id,"
-     " incoming_id): what the constructor's ids step calls."},
+     "bind_trace(span_chunk, fresh, continued, ids_popleft, new_id, incoming_id): what"
+     " the constructor's ids step calls."},
+    {"forget_spans", forget_spans, METH_NOARGS,
+     "forget_spans(): the span ids in hand dropped; the next starts a new chunk."},
     {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL,
      "bind(recorder, extend, until, default, cuts, ended, reset, set, route_key, exc_key,"
      " kind_http): where close() records."},

@@ -43,13 +43,12 @@ continued_bytes(PyObject *module, PyObject *value)
 static PyObject *
 bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError,
-                        "bind(popleft, next_span, fresh, continued, continued_bytes)");
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "bind(span_chunk, fresh, continued, continued_bytes)");
         return NULL;
     }
-    PyObject *for_bytes[4] = {args[0], args[1], args[2], args[4]};
-    if (tp_bind(&t_str, args, 4) < 0 || tp_bind(&t_bytes, for_bytes, 4) < 0) {
+    PyObject *for_bytes[3] = {args[0], args[1], args[3]};
+    if (tp_bind(&t_str, args, 3) < 0 || tp_bind(&t_bytes, for_bytes, 3) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -65,13 +64,20 @@ unbound(PyObject *module, PyObject *value)
 static PyObject *
 continued_checked(PyObject *module, PyObject *value)
 {
-    return t_str.popleft == NULL ? unbound(module, value) : continued(module, value);
+    return t_str.chunks == NULL ? unbound(module, value) : continued(module, value);
 }
 
 static PyObject *
 continued_bytes_checked(PyObject *module, PyObject *value)
 {
-    return t_str.popleft == NULL ? unbound(module, value) : continued_bytes(module, value);
+    return t_str.chunks == NULL ? unbound(module, value) : continued_bytes(module, value);
+}
+
+static PyObject *
+forget_spans(PyObject *module, PyObject *unused)
+{
+    tp_forget_spans(&t_str);
+    return tp_forget_spans(&t_bytes);
 }
 
 static PyMethodDef methods[] = {
@@ -81,7 +87,9 @@ static PyMethodDef methods[] = {
      "continued_bytes(value: bytes) -> (traceparent, trace id | None), as"
      " trace.continued_bytes."},
     {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL,
-     "bind(popleft, next_span, fresh, continued, continued_bytes): trace.py's own."},
+     "bind(span_chunk, fresh, continued, continued_bytes): trace.py's own."},
+    {"forget_spans", forget_spans, METH_NOARGS,
+     "forget_spans(): the span ids in hand dropped; the next starts a new chunk."},
     {NULL}
 };
 

@@ -7,29 +7,42 @@
  * (trace.fast_continued*) and by the compiled exchanges (adapters/_wsgi.c, _asgi.c),
  * whose constructors set a request's ``tp`` and ``rid`` with no Python call, no tuple
  * and no dict built: tests/test_trace_native.py and tests/test_*_native.py hold them
- * to the twins.
+ * to the twins. A continued trace's new span id is copied from a chunk of random hex
+ * (trace.span_chunk, minted ahead by the flusher), one Python call per 256 spans; a
+ * forked child drops the chunk it inherited.
  */
 #ifndef INSTRUMENT_TRACEPARENT_H
 #define INSTRUMENT_TRACEPARENT_H
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
-/* What trace.py and context.py lend each module that includes this (bound once). */
+/* What trace.py and context.py lend each module that includes this (bound once), and the
+   chunk of span ids the module is taking its spans from. */
 typedef struct {
-    PyObject *popleft;    /* trace.SPANS.popleft: a span id minted ahead, "-" + 16 hex */
-    PyObject *next_span;  /* trace._next_span: one minted here when none is ahead */
+    PyObject *chunks;     /* trace.span_chunk: bytes of random hex, 16 digits a span id */
     PyObject *fresh;      /* trace.fresh: a traceparent starting a new trace */
     PyObject *slow;       /* trace.continued or continued_bytes: any other value */
     PyObject *ids;        /* context.IDS.popleft: a request id minted ahead */
     PyObject *new_id;     /* context.new_id: one minted here when none is ahead */
     PyObject *incoming;   /* context.incoming_id: the caller's id, checked */
+    PyObject *chunk;      /* the chunk in hand (NULL: none yet) */
+    Py_ssize_t at;        /* where its next span id starts */
 } Trace;
 
 /* 1 for every byte that is not a lowercase hex digit */
 static unsigned char tp_nothex[256];
+/* set in a forked child: the chunk in hand is the parent's too, so it is dropped unused */
+static volatile int tp_forked;
+
+static void
+tp_after_fork(void)
+{
+    tp_forked = 1;
+}
 
 static inline void
 tp_init(void)
@@ -38,6 +51,7 @@ tp_init(void)
     for (const char *c = "0123456789abcdef"; *c; c++) {
         tp_nothex[(unsigned char)*c] = 0;
     }
+    pthread_atfork(NULL, NULL, tp_after_fork);
 }
 
 static inline uint64_t
@@ -64,6 +78,50 @@ tp_hex8(const unsigned char *p)
     return ((digit | lower) & hi) == hi;
 }
 
+#if defined(__GNUC__)
+#define TP_INLINE static inline __attribute__((always_inline))
+#else
+#define TP_INLINE static inline
+#endif
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+
+/* Sixteen lowercase hex digits at ``p``? One compare per range; a byte from 0x80 up is
+   negative to the signed compares, so it is in neither. */
+TP_INLINE int
+tp_hex16(const unsigned char *p)
+{
+    __m128i v = _mm_loadu_si128((const __m128i *)p);
+    __m128i digit = _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8('0' - 1)),
+                                  _mm_cmplt_epi8(v, _mm_set1_epi8('9' + 1)));
+    __m128i lower = _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8('a' - 1)),
+                                  _mm_cmplt_epi8(v, _mm_set1_epi8('f' + 1)));
+    return _mm_movemask_epi8(_mm_or_si128(digit, lower)) == 0xFFFF;
+}
+
+/* Sixteen "0" at ``p``? */
+TP_INLINE int
+tp_zero16(const unsigned char *p)
+{
+    __m128i v = _mm_loadu_si128((const __m128i *)p);
+    return _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8('0'))) == 0xFFFF;
+}
+#else
+TP_INLINE int
+tp_hex16(const unsigned char *p)
+{
+    return tp_hex8(p) && tp_hex8(p + 8);
+}
+
+TP_INLINE int
+tp_zero16(const unsigned char *p)
+{
+    const uint64_t z = 0x3030303030303030ull;  /* "00000000" */
+    return tp_word(p) == z && tp_word(p + 8) == z;
+}
+#endif
+
 /* The 55 bytes at ``p``: 1 a valid version-00 value, 0 another shape, -1 an all-zero id */
 static inline int
 tp_check(const unsigned char *p)
@@ -72,43 +130,46 @@ tp_check(const unsigned char *p)
         || tp_nothex[p[53]] || tp_nothex[p[54]]) {
         return 0;
     }
-    if (!(tp_hex8(p + 3) && tp_hex8(p + 11) && tp_hex8(p + 19) && tp_hex8(p + 27)
-          && tp_hex8(p + 36) && tp_hex8(p + 44))) {
+    if (!(tp_hex16(p + 3) && tp_hex16(p + 19) && tp_hex16(p + 36))) {
         return 0;
     }
-    const uint64_t z = 0x3030303030303030ull;  /* "00000000" */
-    if (tp_word(p + 3) == z && tp_word(p + 11) == z && tp_word(p + 19) == z
-        && tp_word(p + 27) == z) {
-        return -1;
-    }
-    if (tp_word(p + 36) == z && tp_word(p + 44) == z) {
+    if ((tp_zero16(p + 3) && tp_zero16(p + 19)) || tp_zero16(p + 36)) {
         return -1;
     }
     return 1;
 }
 
-/* A fresh span id, "-" and 16 hex digits (str); NULL with an exception on failure */
-static inline PyObject *
-tp_span(Trace *t)
+/* A fresh span id, 16 hex digits, written at ``dst``: copied from the chunk in hand (no
+   Python call, no object), a new chunk taken from trace.span_chunk once it is used up.
+   0, or -1 with an exception. */
+static inline int
+tp_span(Trace *t, char *dst)
 {
-    PyObject *s = PyObject_CallNoArgs(t->popleft);
-    if (s == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_IndexError)) {
-            return NULL;
+    if (tp_forked) {  /* in a forked child: the parent hands out the rest of its chunk */
+        tp_forked = 0;
+        Py_CLEAR(t->chunk);
+    }
+    for (;;) {
+        if (t->chunk == NULL || t->at + 16 > PyBytes_GET_SIZE(t->chunk)) {
+            PyObject *c = PyObject_CallNoArgs(t->chunks);  /* may let another thread run */
+            if (c == NULL) {
+                return -1;
+            }
+            if (!PyBytes_CheckExact(c) || PyBytes_GET_SIZE(c) < 16) {
+                Py_DECREF(c);
+                PyErr_SetString(PyExc_ValueError, "a chunk of span ids is not bytes of hex");
+                return -1;
+            }
+            Py_XSETREF(t->chunk, c);
+            t->at = 0;
         }
-        PyErr_Clear();
-        s = PyObject_CallNoArgs(t->next_span);  /* none minted ahead: trace.py mints one */
-        if (s == NULL) {
-            return NULL;
+        const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(t->chunk) + t->at;
+        t->at += 16;
+        if (!tp_zero16(p)) {  /* all zeros is not a span id */
+            memcpy(dst, p, 16);
+            return 0;
         }
     }
-    if (!PyUnicode_CheckExact(s) || !PyUnicode_IS_COMPACT_ASCII(s)
-        || PyUnicode_GET_LENGTH(s) != 17) {
-        Py_DECREF(s);
-        PyErr_SetString(PyExc_ValueError, "a minted span id is not '-' and 16 hex digits");
-        return NULL;
-    }
-    return s;
 }
 
 /* trace.fresh(), as bytes when ``as_bytes`` */
@@ -160,25 +221,22 @@ tp_continue(Trace *t, PyObject *value, int as_bytes, PyObject **tp, PyObject **c
         Py_DECREF(pair);
         return 0;
     }
-    PyObject *sp = tp_span(t);
-    if (sp == NULL) {
-        return -1;
-    }
     PyObject *out = as_bytes ? PyBytes_FromStringAndSize(NULL, 55) : PyUnicode_New(55, 127);
     PyObject *trace = PyUnicode_New(32, 127);
     if (out == NULL || trace == NULL) {
-        Py_DECREF(sp);
         Py_XDECREF(out);
         Py_XDECREF(trace);
         return -1;
     }
     char *o = as_bytes ? PyBytes_AS_STRING(out) : PyUnicode_DATA(out);
-    memcpy(o, "00-", 3);  /* "00-" + trace + span + "-" + flags */
-    memcpy(o + 3, p + 3, 32);
-    memcpy(o + 35, PyUnicode_DATA(sp), 17);
+    memcpy(o, p, 36);  /* "00-" + trace + "-", then a fresh span, "-" + flags */
     memcpy(o + 52, p + 52, 3);
     memcpy(PyUnicode_DATA(trace), p + 3, 32);
-    Py_DECREF(sp);
+    if (tp_span(t, o + 36) < 0) {
+        Py_DECREF(out);
+        Py_DECREF(trace);
+        return -1;
+    }
     *tp = out;
     *caller = trace;
     return 0;
@@ -203,12 +261,12 @@ tp_request_id(Trace *t, PyObject *in_rid, PyObject *caller)
     return rid;
 }
 
-/* Bind ``t`` from ``args[0:n]`` (callables, in the struct's order; n is 4 or 7). */
+/* Bind ``t`` from ``args[0:n]`` (callables, in the struct's order; n is 3 or 6). */
 static inline int
 tp_bind(Trace *t, PyObject *const *args, Py_ssize_t n)
 {
-    PyObject **slots[7] = {&t->popleft, &t->next_span, &t->fresh, &t->slow, &t->ids,
-                           &t->new_id, &t->incoming};
+    PyObject **slots[6] = {&t->chunks, &t->fresh, &t->slow, &t->ids, &t->new_id,
+                           &t->incoming};
     for (Py_ssize_t i = 0; i < n; i++) {
         if (!PyCallable_Check(args[i])) {
             PyErr_SetString(PyExc_TypeError, "bind_trace() takes callables");
@@ -222,18 +280,27 @@ tp_bind(Trace *t, PyObject *const *args, Py_ssize_t n)
 }
 
 /* The body of a module's ``bind_trace(*trace.TRACE_BINDING, continued, IDS.popleft, new_id,
-   incoming_id)``: ``t`` bound from its seven arguments. */
+   incoming_id)``: ``t`` bound from its six arguments. */
 static inline PyObject *
 tp_bind_trace(Trace *t, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "bind_trace(spans_popleft, next_span, fresh,"
-                        " continued, ids_popleft, new_id, incoming_id)");
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "bind_trace(span_chunk, fresh, continued,"
+                        " ids_popleft, new_id, incoming_id)");
         return NULL;
     }
-    if (tp_bind(t, args, 7) < 0) {
+    if (tp_bind(t, args, 6) < 0) {
         return NULL;
     }
+    Py_RETURN_NONE;
+}
+
+/* A module's ``forget_spans()``: the chunk in hand dropped, so the next span id starts a
+   new one (as in a forked child; tests use it to reach the minting path). */
+static inline PyObject *
+tp_forget_spans(Trace *t)
+{
+    Py_CLEAR(t->chunk);
     Py_RETURN_NONE;
 }
 

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 __all__ = [
     "SPANS",
+    "SPAN_CHUNKS",
     "TRACEPARENT",
     "TRACES",
     "TRACESTATE",
@@ -37,6 +38,7 @@ __all__ = [
     "fast_continued_bytes",
     "fresh",
     "parse",
+    "span_chunk",
     "top_up",
     "tracestate",
     "use",
@@ -58,6 +60,11 @@ _MAX_TRACESTATE = 512  # the specification's minimum to propagate; longer is dro
 #: ahead; both are filled once an adapter exists (:func:`use`).
 TRACES: deque[str] = deque()
 SPANS: deque[str] = deque()
+#: Span ids for the compiled modules (core/_traceparent.h), minted ahead in chunks: bytes of
+#: random hex, 16 digits a span id, so a request copies 16 bytes and calls nothing.
+SPAN_CHUNKS: deque[bytes] = deque()
+_CHUNK = 256  # span ids a chunk
+_CHUNKS_AHEAD = 16  # 4,096 span ids a second (top_up) before a request mints a chunk
 # every lowercase hex digit becomes "x", a dash stays, anything else "?": a valid version-00
 # value translates to exactly _SHAPE
 _SHAPE_TABLE = bytes(120 if chr(i) in "0123456789abcdef" else 45 if i == 45 else 63
@@ -121,6 +128,14 @@ def _next_span() -> str:
         return SPANS.popleft()
     except IndexError:
         return "-" + _span()
+
+
+def span_chunk() -> bytes:
+    """A chunk of span ids for a compiled module: one minted ahead, else one minted now."""
+    try:
+        return SPAN_CHUNKS.popleft()
+    except IndexError:
+        return os.urandom(8 * _CHUNK).hex().encode()
 
 
 def child_of(trace_id: str, flags: str) -> str:
@@ -191,9 +206,9 @@ def tracestate(value: str | bytes | None) -> str | None:
     return value
 
 
-#: What a compiled module continuing a traceparent calls (its ``bind_trace``): a span id
-#: minted ahead, one minted now, a fresh traceparent (see core/_traceparent.h).
-TRACE_BINDING = (SPANS.popleft, _next_span, fresh)
+#: What a compiled module continuing a traceparent calls (its ``bind_trace``): a chunk of
+#: span ids, a fresh traceparent (see core/_traceparent.h).
+TRACE_BINDING = (span_chunk, fresh)
 
 fast_continued: Callable[[str], tuple[str, str | None]]
 fast_continued_bytes: Callable[[bytes], tuple[bytes, str | None]]
@@ -228,6 +243,9 @@ def top_up() -> None:
     want = _AHEAD - len(SPANS)
     if want > _AHEAD // 4:
         SPANS.extend([v[35:52] for v in _mint(want)])
+    want = _CHUNKS_AHEAD - len(SPAN_CHUNKS)
+    if want > 0:  # the all-zero id a chunk may hold is skipped where it is read
+        SPAN_CHUNKS.extend([os.urandom(8 * _CHUNK).hex().encode() for _ in range(want)])
 
 
 def use() -> None:
@@ -239,6 +257,7 @@ def use() -> None:
 def _reseed() -> None:
     TRACES.clear()  # the parent's: a child must never hand out the same trace ids
     SPANS.clear()
+    SPAN_CHUNKS.clear()  # (the compiled modules drop the chunk in hand themselves)
 
 
 if hasattr(os, "register_at_fork"):
