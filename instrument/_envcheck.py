@@ -9,7 +9,6 @@ adapter, in :func:`instrument.configure` or in the CLI warns, once a name a proc
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 from collections.abc import Mapping
@@ -36,6 +35,8 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[tuple[st
     out = []
     for name in sorted(env):
         if name.startswith(PREFIX) and name not in known:
+            import difflib  # here: only a misspelt variable needs it
+
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
             out.append((name, close[0] if close else None))
     return out

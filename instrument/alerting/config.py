@@ -12,7 +12,6 @@ names; the ``INSTRUMENT_*`` name wins when both are set. A bad value raises
 from __future__ import annotations
 
 import dataclasses
-import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,6 +198,8 @@ def build_channels(settings: AlertSettings) -> list[Any]:
     if settings.log_alerts:
         channels.append(LogChannel())
     if settings.enable_email and settings.smtp_server:
+        import ssl  # here: only a mail channel needs it (4.6 MB a process that never mails)
+
         channels.append(EmailChannel(
             settings.smtp_server, settings.smtp_port, username=settings.smtp_username,
             password=settings.smtp_password, from_email=settings.alert_from_email,

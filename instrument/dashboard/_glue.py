@@ -7,7 +7,6 @@ the event loop's default thread pool so the app's other requests keep flowing.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -165,6 +164,8 @@ class ASGIDashboard(_Lazy):
             request = Request(method, route_path(scope["path"], root),
                               scope.get("query_string", b"").decode("latin-1"), headers, body,
                               scope.get("scheme", "http"), root)
+            import asyncio  # here, not at the top: a WSGI app never loads it (7 MB with ssl)
+
             loop = asyncio.get_running_loop()
             response = await loop.run_in_executor(None, self.dashboard, request)
         await send({"type": "http.response.start", "status": response.status,
