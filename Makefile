@@ -38,6 +38,7 @@ bench: $(STAMP) system-deps
 	$(PY) benchmarks/profiler.py
 	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/collector.py
+	$(PY) benchmarks/alerting.py
 	$(PY) benchmarks/logging_bench.py
 	$(PY) benchmarks/dashboard.py
 	$(PY) benchmarks/scrape.py
