@@ -406,3 +406,172 @@ def test_a_full_buffer_drops_and_counts_and_half_full_wakes_once(native: bool) -
     assert len(kept) == 4
     assert rec.dropped - dropped == 3
     assert woken == [1]
+
+
+# ---- the middleware's request, start to sample: begin(), run() and done() compiled ----
+
+
+def _middleware(native: bool) -> InstrumentMiddleware:
+    instrument.configure(flush_interval=3600, native=native)
+    mw = InstrumentMiddleware(_app)
+    assert mw._native is native
+    return mw
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["compiled", "python"])
+def test_the_request_is_current_inside_and_not_after(native: bool) -> None:
+    """With a reader of the request context, the app sees its request; after it, nothing."""
+    from instrument.core.context import READERS, current
+    from instrument.core.runtime import runtime
+
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(current.get().describe())
+        await _app(scope, receive, send)
+
+    instrument.configure(flush_interval=3600, native=native)
+    mw = InstrumentMiddleware(app)
+    runtime.recorder.drain(10_000)
+
+    async def server_send(message: dict[str, Any]) -> None:
+        return None
+
+    async def one() -> Any:
+        await mw(_scope("/ok", [(b"x-request-id", b"ctx-id-1")]), server_send, server_send)
+        return current.get()
+
+    saved = READERS[0]
+    READERS[0] = True
+    try:
+        after = asyncio.run(one())
+    finally:
+        READERS[0] = saved
+    assert seen == [("ctx-id-1", "GET", "/ok")]
+    assert after is None
+    assert len(runtime.recorder.drain(10_000)) == 1
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["compiled", "python"])
+def test_a_request_finished_in_another_context_still_records(native: bool) -> None:
+    """A coroutine started in one context and finished in another (a framework moving it)
+    cannot reset its token there: the context is cleared instead, and the sample kept."""
+    import contextvars
+
+    from instrument.core.context import READERS, current
+    from instrument.core.runtime import runtime
+
+    mw = _middleware(native)
+    runtime.recorder.drain(10_000)
+    gate: asyncio.Future[None] | None = None
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await gate  # type: ignore[misc]
+        await _app(scope, receive, send)
+
+    mw.app = app  # __setattr__ keeps what the compiled path reads in step
+
+    async def server_send(message: dict[str, Any]) -> None:
+        return None
+
+    loop = asyncio.new_event_loop()
+    saved = READERS[0]
+    READERS[0] = True
+    try:
+        gate = loop.create_future()
+        coro = mw(_scope("/ok", []), server_send, server_send)
+        first = contextvars.copy_context()
+        yielded = first.run(coro.send, None)  # started (and made current) in one context
+        assert yielded is gate
+        gate.set_result(None)
+        with pytest.raises(StopIteration):
+            contextvars.copy_context().run(coro.send, None)  # finished in another
+    finally:
+        READERS[0] = saved
+        loop.close()
+    assert first.get(current) is not None  # the first context still holds it: not ours
+    samples = runtime.recorder.drain(10_000)
+    assert [(s[4], s[6]) for s in samples] == [("/ok", 200)]
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["compiled", "python"])
+def test_raised_and_cancelled_requests_pass_through_and_end(native: bool) -> None:
+    """The handler's exception, and a cancellation, come out unchanged; each request is
+    counted as ended and recorded as a 500 carrying what ended it."""
+    from instrument.core.runtime import runtime
+
+    mw = _middleware(native)
+    rec = runtime.recorder
+    rec.drain(10_000)
+    before = rec.in_flight
+
+    async def hang(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(3600)
+
+    async def server_send(message: dict[str, Any]) -> None:
+        return None
+
+    async def main() -> tuple[Any, Any]:
+        try:
+            await mw(_scope("/raise", []), server_send, server_send)
+        except LookupError as e:
+            raised = e
+        mw.app = hang
+        task = asyncio.ensure_future(mw(_scope("/hang", []), server_send, server_send))
+        await asyncio.sleep(0)
+        assert rec.in_flight == before + 1
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError as e:
+            cancelled = e
+        return raised, cancelled
+
+    raised, cancelled = asyncio.run(main())
+    assert raised is FAILURE
+    assert isinstance(cancelled, asyncio.CancelledError)
+    assert rec.in_flight == before
+    samples = rec.drain(10_000)
+    assert [(s[4], s[6], type(s[9])) for s in samples] == [
+        ("/raise", 500, LookupError), ("/hang", 500, asyncio.CancelledError)]
+
+
+def test_the_compiled_request_path_does_not_leak() -> None:
+    """Whole requests through the compiled begin/run/done leave no exchange behind and
+    keep no reference to what the server handed in."""
+    from instrument.core.runtime import runtime
+
+    mw = _middleware(True)
+    rec = runtime.recorder
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/raise":  # a fresh one: a raised instance keeps its traceback
+            raise LookupError(scope["path"])
+        await _app(scope, receive, send)
+
+    mw.app = app
+
+    async def server_send(message: dict[str, Any]) -> None:
+        return None
+
+    scope_headers = [(b"x-request-id", b"leak-id"), (b"traceparent", TP)]
+
+    async def requests(n: int) -> None:
+        for i in range(n):
+            try:
+                await mw(_scope("/raise" if i % 3 == 0 else "/ok", scope_headers),
+                         server_send, server_send)
+            except LookupError:
+                pass
+            if i % 500 == 0:
+                rec.drain(100_000)
+
+    asyncio.run(requests(500))
+    rec.drain(100_000)
+    counts = [sys.getrefcount(o) for o in (server_send, scope_headers, mw._how)]
+    asyncio.run(requests(3_000))
+    rec.drain(100_000)
+    gc.collect()
+    assert [sys.getrefcount(o) for o in (server_send, scope_headers, mw._how)] == counts
+    assert [o for o in gc.get_objects() if type(o) is asgi._Native
+            and o.scope.get("headers") is scope_headers] == []

@@ -1,4 +1,6 @@
-/* The ASGI middleware's per-request exchange, compiled: its fields and its ``send``.
+/* The ASGI middleware's per-request exchange, compiled: its fields, its ``send``, and the
+ * request's start and end (``begin``, ``run``, ``done``), so the middleware's coroutine
+ * keeps only the await and the try around it.
  *
  * ``send`` runs two or three times a request, in the user's request path, and in
  * Python it is the largest part of what the middleware adds to a FastAPI route
@@ -28,6 +30,10 @@ static Sink sink;
 static PyObject *exc_key, *kind_http, *bytes_empty;
 /* what the constructor's ids step calls beyond its own lines (bind_trace()) */
 static Trace trace;
+/* bind_class(): the exchange class begin() builds, _Methods.receive, READERS, current */
+static PyTypeObject *native_cls;
+static PyObject *receive_func, *readers, *current_var;
+static PyObject *s_started, *s_ended, *started_ctr, *ended_ctr;
 
 typedef struct {
     PyObject_HEAD
@@ -39,8 +45,12 @@ typedef struct {
     PyObject *tp;
     PyObject *in_rid;  /* the request's own x-request-id and traceparent values, or NULL */
     PyObject *in_tp;
+    PyObject *how;    /* begin()'s: the middleware's (app, ids, resolve, templates) */
+    PyObject *root0;  /* the scope's root_path as the request came (a Mount may change it) */
+    PyObject *token;  /* the request context's token, while this request is current */
     Py_ssize_t qb;
     Py_ssize_t rb;
+    double t0;
     double tf;
     double t_end;
     char disc;
@@ -54,6 +64,7 @@ typedef struct {
 } LastSend;
 
 static PyTypeObject LastSendType;
+static PyTypeObject ExchangeType;
 
 /* message[key] (a new reference), NULL without an error when it is absent */
 static PyObject *
@@ -237,6 +248,9 @@ Exchange_send(Exchange *self, PyObject *message)
     return PyObject_CallOneArg(self->send, message);
 }
 
+static PyMethodDef send_def = {
+    "send", (PyCFunction)Exchange_send, METH_O,
+    "Count and pass on one message; the last body chunk's awaitable stamps the end time."};
 
 /* ---- the end of a request: its sample, into the recorder's buffer ---- */
 
@@ -396,41 +410,6 @@ cached_route(PyObject *scope, PyObject *templates, PyObject *root0)
     PyObject *template = PyTuple_GET_ITEM(hit, 1);
     Py_INCREF(template);
     return template;
-}
-
-static PyObject *record(Exchange *self, PyObject *t0, PyObject *t1, PyObject *exc,
-                        PyObject *route);
-
-static PyObject *
-Exchange_record(Exchange *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "record(t0, t1, exc, resolve, templates, root0)");
-        return NULL;
-    }
-    if (!sink_bound(&sink)) {
-        return NULL;
-    }
-    PyObject *t0 = args[0], *t1 = args[1], *exc = args[2];
-    if (self->scope == NULL || self->status == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "scope");
-        return NULL;
-    }
-    /* the route: from the resolver's cache, or the resolver (resolve(scope, root0)) */
-    PyObject *route = cached_route(self->scope, args[4], args[5]);
-    if (route == NULL) {
-        if (PyErr_Occurred()) {
-            return NULL;
-        }
-        PyObject *call[2] = {self->scope, args[5]};
-        route = PyObject_Vectorcall(args[3], call, 2, NULL);
-        if (route == NULL) {
-            return NULL;
-        }
-    }
-    PyObject *r = record(self, t0, t1, exc, route);
-    Py_DECREF(route);
-    return r;
 }
 
 static PyObject *
@@ -682,6 +661,199 @@ Exchange_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
+/* ---- begin(), run(), done(): the middleware's request, start to sample ----
+ *
+ * The Python twin's lines in InstrumentMiddleware.__call__ (ids, the request made current,
+ * t0, the started count, the app's call with the wrapped receive and send, and the finally's
+ * end time, ended count, context reset and sample), compiled: the coroutine keeps only the
+ * await and its try, which are what must stay Python (the exception passes through it). */
+
+/* next(counter): the in-flight gauge's itertools.count (recorder.started, .ended) */
+static int
+bump(PyObject *counter)
+{
+    if (counter == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the compiled exchange's bind() was not called");
+        return -1;
+    }
+    PyObject *n = Py_TYPE(counter)->tp_iternext(counter);
+    if (n == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError, "the in-flight count is exhausted");
+        }
+        return -1;
+    }
+    Py_DECREF(n);
+    return 0;
+}
+
+/* begin(how, scope, receive, send): the request's exchange, its ids set, made current
+   when something reads the request context (READERS) and ids or trace context are on */
+static PyObject *
+begin(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "begin(how, scope, receive, send)");
+        return NULL;
+    }
+    PyObject *how = args[0], *scope = args[1];
+    if (native_cls == NULL || !PyTuple_CheckExact(how) || PyTuple_GET_SIZE(how) != 4) {
+        PyErr_SetString(PyExc_TypeError,
+                        "begin(): bind_class() first, how = (app, ids, resolve, templates)");
+        return NULL;
+    }
+    long flags = PyLong_AsLong(PyTuple_GET_ITEM(how, 1));
+    if (flags == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (trace.chunks == NULL && flags != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "begin(): bind_trace() was not called");
+        return NULL;
+    }
+    Exchange *self = (Exchange *)native_cls->tp_alloc(native_cls, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->scope = Py_NewRef(scope);
+    self->receive = Py_NewRef(args[2]);
+    self->send = Py_NewRef(args[3]);
+    self->status = Py_NewRef(int500);
+    self->how = Py_NewRef(how);
+    if (PyDict_CheckExact(scope)) {
+        PyObject *root = PyDict_GetItemWithError(scope, s_root_path);
+        if (root == NULL && PyErr_Occurred()) {
+            goto fail;
+        }
+        self->root0 = Py_NewRef(root != NULL ? root : s_empty);
+    }
+    else if ((self->root0 = PyObject_CallMethod(scope, "get", "OO", s_root_path, s_empty))
+             == NULL) {
+        goto fail;
+    }
+    if (find_ids(self, scope) < 0 || assign_ids(self, flags) < 0) {
+        goto fail;
+    }
+    if (flags) {
+        int on = PyObject_IsTrue(PyList_GET_ITEM(readers, 0));
+        if (on < 0) {
+            goto fail;
+        }
+        if (on && (self->token = PyContextVar_Set(current_var, (PyObject *)self)) == NULL) {
+            goto fail;
+        }
+    }
+    return (PyObject *)self;
+fail:
+    Py_DECREF(self);
+    return NULL;
+}
+
+/* ex.run(): t0 stamped, the request counted as started, and the app called with the
+   wrapped receive and send; its awaitable is the caller's to await */
+static PyObject *
+Exchange_run(Exchange *self, PyObject *unused)
+{
+    if (self->how == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "run(): an exchange from begin()");
+        return NULL;
+    }
+    PyObject *receive = PyMethod_New(receive_func, (PyObject *)self);
+    if (receive == NULL) {
+        return NULL;
+    }
+    PyObject *send = PyCFunction_NewEx(&send_def, (PyObject *)self, NULL);
+    if (send == NULL) {
+        Py_DECREF(receive);
+        return NULL;
+    }
+    double t0 = sink_now(&sink);
+    PyObject *aw = NULL;
+    if (!(t0 == -1.0 && PyErr_Occurred()) && bump(started_ctr) == 0) {
+        self->t0 = t0;
+        PyObject *call[3] = {self->scope, receive, send};
+        aw = PyObject_Vectorcall(PyTuple_GET_ITEM(self->how, 0), call, 3, NULL);
+    }
+    Py_DECREF(receive);
+    Py_DECREF(send);
+    return aw;
+}
+
+/* ex.done(exc): the request's end (the last chunk's stamp, else now), counted as ended,
+   no longer current, and its sample into the buffer under its route */
+static PyObject *
+Exchange_done(Exchange *self, PyObject *exc)
+{
+    if (self->how == NULL || self->scope == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "done(): an exchange from begin()");
+        return NULL;
+    }
+    double t1 = self->t_end;
+    if (!t1 && (t1 = sink_now(&sink)) == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (bump(ended_ctr) < 0) {
+        return NULL;
+    }
+    if (self->token != NULL) {
+        PyObject *token = self->token;
+        self->token = NULL;
+        int r = PyContextVar_Reset(current_var, token);
+        Py_DECREF(token);
+        if (r < 0) {  /* left from another context: the Python twin's fallback */
+            if (!PyErr_ExceptionMatches(PyExc_ValueError)
+                && !PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+                return NULL;
+            }
+            PyErr_Clear();
+            PyObject *t = PyContextVar_Set(current_var, Py_None);
+            if (t == NULL) {
+                return NULL;
+            }
+            Py_DECREF(t);
+        }
+    }
+    if (!sink_bound(&sink)) {
+        return NULL;
+    }
+    PyObject *route = cached_route(self->scope, PyTuple_GET_ITEM(self->how, 3), self->root0);
+    if (route == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        PyObject *call[2] = {self->scope, self->root0};
+        route = PyObject_Vectorcall(PyTuple_GET_ITEM(self->how, 2), call, 2, NULL);
+        if (route == NULL) {
+            return NULL;
+        }
+    }
+    PyObject *t0 = PyFloat_FromDouble(self->t0), *t1o = PyFloat_FromDouble(t1), *r = NULL;
+    if (t0 != NULL && t1o != NULL) {
+        r = record(self, t0, t1o, exc, route);
+    }
+    Py_XDECREF(t0);
+    Py_XDECREF(t1o);
+    Py_DECREF(route);
+    return r;
+}
+
+static PyObject *
+bind_class(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyType_Check(args[0])
+        || !PyType_IsSubtype((PyTypeObject *)args[0], &ExchangeType)
+        || !PyList_CheckExact(args[2]) || PyList_GET_SIZE(args[2]) != 1
+        || !PyContextVar_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "bind_class(exchange_class, receive, readers: a"
+                        " 1-list, current: a ContextVar)");
+        return NULL;
+    }
+    Py_XSETREF(native_cls, (PyTypeObject *)Py_NewRef(args[0]));
+    Py_XSETREF(receive_func, Py_NewRef(args[1]));
+    Py_XSETREF(readers, Py_NewRef(args[2]));
+    Py_XSETREF(current_var, Py_NewRef(args[3]));
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -697,6 +869,18 @@ bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(exc_key, args[5]);
     Py_INCREF(args[6]);
     Py_XSETREF(kind_http, args[6]);
+    PyObject *started = PyObject_GetAttr(args[0], s_started);
+    PyObject *ended = started == NULL ? NULL : PyObject_GetAttr(args[0], s_ended);
+    if (ended == NULL || !PyIter_Check(started) || !PyIter_Check(ended)) {
+        Py_XDECREF(started);
+        Py_XDECREF(ended);
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "bind(): the recorder's started and ended count");
+        }
+        return NULL;
+    }
+    Py_XSETREF(started_ctr, started);
+    Py_XSETREF(ended_ctr, ended);
     Py_RETURN_NONE;
 }
 
@@ -711,6 +895,9 @@ Exchange_traverse(Exchange *self, visitproc visit, void *arg)
     Py_VISIT(self->tp);
     Py_VISIT(self->in_rid);
     Py_VISIT(self->in_tp);
+    Py_VISIT(self->how);
+    Py_VISIT(self->root0);
+    Py_VISIT(self->token);
     return 0;
 }
 
@@ -725,6 +912,9 @@ Exchange_clear(Exchange *self)
     Py_CLEAR(self->tp);
     Py_CLEAR(self->in_rid);
     Py_CLEAR(self->in_tp);
+    Py_CLEAR(self->how);
+    Py_CLEAR(self->root0);
+    Py_CLEAR(self->token);
     return 0;
 }
 
@@ -740,9 +930,10 @@ Exchange_dealloc(Exchange *self)
 static PyMethodDef Exchange_methods[] = {
     {"send", (PyCFunction)Exchange_send, METH_O,
      "Count and pass on one message; the last body chunk's awaitable stamps the end time."},
-    {"record", (PyCFunction)(void (*)(void))Exchange_record, METH_FASTCALL,
-     "record(t0, t1, exc, resolve, templates, root0): the request's sample into the"
-     " recorder's buffer, under its route (resolve(scope, root0) unless cached)."},
+    {"run", (PyCFunction)Exchange_run, METH_NOARGS,
+     "run(): t0, the started count, and app(scope, receive, send) with the wrapped two."},
+    {"done", (PyCFunction)Exchange_done, METH_O,
+     "done(exc): the end time, the ended count, the context reset and the sample."},
     {NULL}
 };
 
@@ -758,6 +949,8 @@ static PyMemberDef Exchange_members[] = {
     {"qb", T_PYSSIZET, offsetof(Exchange, qb), 0, NULL},
     {"rb", T_PYSSIZET, offsetof(Exchange, rb), 0, NULL},
     {"tf", T_DOUBLE, offsetof(Exchange, tf), 0, NULL},
+    {"t0", T_DOUBLE, offsetof(Exchange, t0), READONLY, NULL},
+    {"root0", T_OBJECT, offsetof(Exchange, root0), READONLY, NULL},
     {"t_end", T_DOUBLE, offsetof(Exchange, t_end), 0, NULL},
     {"disc", T_BOOL, offsetof(Exchange, disc), 0, NULL},
     {NULL}
@@ -996,6 +1189,10 @@ static PyMethodDef module_methods[] = {
      " the constructor's ids step calls."},
     {"forget_spans", forget_spans, METH_NOARGS,
      "forget_spans(): the span ids in hand dropped; the next starts a new chunk."},
+    {"begin", (PyCFunction)(void (*)(void))begin, METH_FASTCALL,
+     "begin(how, scope, receive, send): one request's exchange, ids set, made current."},
+    {"bind_class", (PyCFunction)(void (*)(void))bind_class, METH_FASTCALL,
+     "bind_class(exchange_class, receive, readers, current): what begin() builds and uses."},
     {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL,
      "bind(recorder, extend, until, default, cuts, exc_key, kind_http): where record() goes."},
     {NULL}
@@ -1033,6 +1230,8 @@ PyInit__asgi(void)
     INTERN(s_effective, "effective_route_context");
     INTERN(s_root_path, "root_path");
     INTERN(s_empty, "");
+    INTERN(s_started, "started");
+    INTERN(s_ended, "ended");
     tp_init();
     if ((bytes_empty = PyBytes_FromStringAndSize(NULL, 0)) == NULL) {
         return NULL;

@@ -18,34 +18,31 @@ typedef struct {
     PyObject *until;        /* exemplars.UNTIL, a 1-list */
     PyObject *cut_default;  /* exemplars.DEFAULT, a 1-list */
     PyObject *cuts;         /* exemplars.CUTS, route -> seconds */
-    PyObject *perf_counter;
     PyObject *s_high, *s_cap, *s_high_end, *s_wake, *s_drops;
 } Sink;
 
-/* perf_counter() as a double; -1.0 with an exception set on failure */
+/* perf_counter() as a double, read here: the same clock (monotonic, nanoseconds) and the
+ * same conversion as time.perf_counter(), so a stamp taken here compares with one taken
+ * in Python, without the Python call and its float. -1.0 with an exception on failure. */
 static double
 sink_now(Sink *s)
 {
-    PyObject *t = PyObject_CallNoArgs(s->perf_counter);
-    if (t == NULL) {
+    (void)s;  /* one clock for every sink */
+#if PY_VERSION_HEX >= 0x030D0000
+    PyTime_t t;
+    if (PyTime_PerfCounter(&t) < 0) {
         return -1.0;
     }
-    double d = PyFloat_AsDouble(t);
-    Py_DECREF(t);
-    return d;
+    return PyTime_AsSecondsDouble(t);
+#else
+    return _PyTime_AsSecondsDouble(_PyTime_GetPerfCounter());
+#endif
 }
 
 static int
 sink_init(Sink *s)
 {
-    PyObject *time = PyImport_ImportModule("time");
-    if (time == NULL) {
-        return -1;
-    }
-    s->perf_counter = PyObject_GetAttrString(time, "perf_counter");
-    Py_DECREF(time);
-    if (s->perf_counter == NULL
-        || (s->s_high = PyUnicode_InternFromString("high")) == NULL
+    if ((s->s_high = PyUnicode_InternFromString("high")) == NULL
         || (s->s_cap = PyUnicode_InternFromString("cap")) == NULL
         || (s->s_high_end = PyUnicode_InternFromString("high_end")) == NULL
         || (s->s_wake = PyUnicode_InternFromString("wake")) == NULL

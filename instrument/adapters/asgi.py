@@ -6,8 +6,8 @@ Bytes are counted on ``receive`` and ``send`` as they flow. WebSocket and
 lifespan scopes pass straight through, except that the kit flushes before the
 server hears ``lifespan.shutdown.complete``.
 
-The per-request exchange (its fields, ``send``, the sample's append) is compiled
-(``_asgi.c``) where the install had a C compiler, as it does under ``make``;
+The per-request exchange (its fields, ``send``, the request's start and its sample's
+append) is compiled (``_asgi.c``) where the install had a C compiler, as it does under ``make``;
 ``_Exchange`` below is its reference and the fallback (``INSTRUMENT_NATIVE=false``
 chooses it). tests/test_asgi_native.py holds the two to the same messages and samples.
 """
@@ -227,11 +227,18 @@ def record_into(rec: Any) -> Any:
 record_into(_rec)
 if _Native is not None:  # what the compiled constructor's ids step calls beyond its own lines
     _asgi.bind_trace(*TRACE_BINDING, continued_bytes, IDS.popleft, new_id, incoming_id)
+    # what begin() builds, the receive run() wraps, and the request context it sets
+    _asgi.bind_class(_Native, _Methods.receive, READERS, current)
+_begin: Any = _asgi.begin if _Native is not None else None
 
 
 def exchange_class(native: bool = True) -> type[_Methods]:
     """The exchange a middleware uses: the compiled one when built and ``native``."""
     return _Native if native and _Native is not None else _Exchange
+
+
+#: the middleware's attributes the compiled begin(), run() and done() read, as one tuple
+_HOW = ("app", "_ids", "_resolve", "_templates")
 
 
 class InstrumentMiddleware:
@@ -262,10 +269,18 @@ class InstrumentMiddleware:
         self._native = self._exchange is _Native
         # the compiled constructor's ids step: which of the request id and trace context run
         self._ids = (1 if self._rid else 0) | (2 if self._tc else 0)
+        # what the compiled begin(), run() and done() read: the app, those flags, the route
+        # (kept in step by __setattr__: the Litestar and Falcon adapters set their resolver)
+        self._how = tuple(getattr(self, n) for n in _HOW)
         if self._tc:
             use()  # fresh trace and span ids minted ahead from now on
         if settings.profiler:
             _profile_worker_threads()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in _HOW and "_how" in self.__dict__:
+            object.__setattr__(self, "_how", tuple(getattr(self, n) for n in _HOW))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -277,59 +292,63 @@ class InstrumentMiddleware:
         if exclude is not None and scope["path"] in exclude:
             await self._bypass(scope, receive, send)
             return
+        if self._native:
+            # the lines below compiled: ids, context, t0 and the started count (begin, run),
+            # then the end, the ended count, the context reset and the sample (done)
+            ex = _begin(self._how, scope, receive, send)
+            try:
+                await ex.run()
+            except BaseException as e:
+                ex.done(e)  # it goes to the flusher (its group), then on unchanged
+                raise
+            ex.done(None)
+            return
         root0 = scope.get("root_path", "")
-        native = self._native
         tok = None
-        if native:  # its constructor sets what the Python one's lines below do: it finds
-            # the request's two id headers in one pass and sets the id and traceparent
-            ex = _Native(scope, receive, send, self._ids)
-            if _readers[0] and self._ids:
+        ex = _Exchange()
+        ex.scope = scope
+        ex._receive = receive
+        ex._send = send
+        ex.qb = ex.rb = 0
+        ex.status = 500
+        ex.tf = ex.t_end = 0.0
+        ex.disc = False
+        headers = scope["headers"]
+        # Servers send (name, value) tuples; for one sending lists, the names are scanned.
+        lists = headers and headers[0].__class__ is not tuple
+        if _TP_PROBE in headers:
+            in_tp = headers[headers.index(_TP_PROBE)][1]
+        elif lists and _TP_NAME in map(_first, headers):
+            in_tp = next(v for k, v in headers if k == _TP_NAME)
+        else:
+            in_tp = None
+        if _RID_PROBE in headers or (lists and _RID_NAME in map(_first, headers)):
+            in_rid = next(v for k, v in headers if k == _RID_NAME)
+        else:
+            in_rid = None
+        trace_rid = None
+        if not self._tc:
+            ex.tp = b""
+        elif in_tp is not None:  # continued: the caller's trace id may be the request id
+            ex.tp, trace_rid = self._continued(in_tp)
+        else:
+            ex.tp = None  # started only if something asks (a log line, an outgoing call)
+        if self._rid:
+            if in_rid is not None:
+                ex.rid = incoming_id(in_rid)
+            elif trace_rid is not None:
+                ex.rid = trace_rid
+            else:
+                try:
+                    ex.rid = _next_id()
+                except IndexError:  # none minted ahead (yet): mint one here
+                    ex.rid = PREFIX[0] + str(next(COUNTER))
+            if _readers[0]:
                 tok = _set(ex)
         else:
-            ex = _Exchange()
-            ex.scope = scope
-            ex._receive = receive
-            ex._send = send
-            ex.qb = ex.rb = 0
-            ex.status = 500
-            ex.tf = ex.t_end = 0.0
-            ex.disc = False
-            headers = scope["headers"]
-            # Servers send (name, value) tuples; for one sending lists, the names are scanned.
-            lists = headers and headers[0].__class__ is not tuple
-            if _TP_PROBE in headers:
-                in_tp = headers[headers.index(_TP_PROBE)][1]
-            elif lists and _TP_NAME in map(_first, headers):
-                in_tp = next(v for k, v in headers if k == _TP_NAME)
-            else:
-                in_tp = None
-            if _RID_PROBE in headers or (lists and _RID_NAME in map(_first, headers)):
-                in_rid = next(v for k, v in headers if k == _RID_NAME)
-            else:
-                in_rid = None
-            trace_rid = None
-            if not self._tc:
-                ex.tp = b""
-            elif in_tp is not None:  # continued: the caller's trace id may be the request id
-                ex.tp, trace_rid = self._continued(in_tp)
-            else:
-                ex.tp = None  # started only if something asks (a log line, an outgoing call)
-            if self._rid:
-                if in_rid is not None:
-                    ex.rid = incoming_id(in_rid)
-                elif trace_rid is not None:
-                    ex.rid = trace_rid
-                else:
-                    try:
-                        ex.rid = _next_id()
-                    except IndexError:  # none minted ahead (yet): mint one here
-                        ex.rid = PREFIX[0] + str(next(COUNTER))
-                if _readers[0]:
-                    tok = _set(ex)
-            else:
-                ex.rid = None
-                if self._tc and _readers[0]:
-                    tok = _set(ex)
+            ex.rid = None
+            if self._tc and _readers[0]:
+                tok = _set(ex)
         t0 = perf_counter()
         next(_started)
         exc: BaseException | None = None
@@ -346,33 +365,29 @@ class InstrumentMiddleware:
                     _reset(tok)
                 except (ValueError, RuntimeError):  # left from another context
                     _set(None)
-            if native:  # the Python lines below, compiled: the same route, sample and append
-                ex.record(t0, t1, exc, self._resolve, self._templates, root0)
-                exc = None  # the flusher has it (its group): no frame -> exception cycle kept
+            route = self._resolve(scope, root0)
+            status = 500 if exc else ex.status
+            # a candidate exemplar carries its details (see the WSGI middleware)
+            if (t0 >= _ex_until[0] or t1 - t0 >= _cut(route, _ex_default[0])
+                    or status >= 500):
+                disc: Any = (ex.disc, ex.rid, scope.get("path"), scope.get("query_string"),
+                             scope.get("client"), _header(scope["headers"], _UA_NAME), ex.tp)
             else:
-                route = self._resolve(scope, root0)
-                status = 500 if exc else ex.status
-                # a candidate exemplar carries its details (see the WSGI middleware)
-                if (t0 >= _ex_until[0] or t1 - t0 >= _cut(route, _ex_default[0])
-                        or status >= 500):
-                    disc: Any = (ex.disc, ex.rid, scope.get("path"), scope.get("query_string"),
-                                 scope.get("client"), _header(scope["headers"], _UA_NAME), ex.tp)
-                else:
-                    disc = ex.disc
-                sample = (KIND_HTTP, t0, t1, ex.tf, route, scope["method"], status, ex.qb,
-                          ex.rb, exc or scope.get(EXC_KEY), disc)
-                exc = None  # as above
-                # Recorder.add, inlined: a bounded append, or an exact drop count
-                # (below half full, the common case, one compare: high <= cap)
-                n = len(_buf)
-                if n < _rec.high:
-                    _buf.extend(sample)  # flat: see _buffer
-                elif n < _rec.cap:
-                    _buf.extend(sample)
-                    if n < _rec.high_end:  # the one append that crosses half full wakes it
-                        _rec.wake()
-                else:
-                    next(_rec.drops)
+                disc = ex.disc
+            sample = (KIND_HTTP, t0, t1, ex.tf, route, scope["method"], status, ex.qb,
+                      ex.rb, exc or scope.get(EXC_KEY), disc)
+            exc = None  # the flusher has it (its group): no frame -> exception cycle kept
+            # Recorder.add, inlined: a bounded append, or an exact drop count
+            # (below half full, the common case, one compare: high <= cap)
+            n = len(_buf)
+            if n < _rec.high:
+                _buf.extend(sample)  # flat: see _buffer
+            elif n < _rec.cap:
+                _buf.extend(sample)
+                if n < _rec.high_end:  # the one append that crosses half full wakes it
+                    _rec.wake()
+            else:
+                next(_rec.drops)
 
 
 class _FlushOnShutdown:
@@ -401,7 +416,10 @@ def _profiled(frame: Any) -> tuple[str, str] | None:
     ex, mw = local.get("ex"), local.get("self")
     try:
         scope = ex.scope
-        return (str(mw._resolve(scope, local.get("root0", ""))),
+        root0 = local.get("root0")
+        if root0 is None:  # the compiled exchange keeps it
+            root0 = getattr(ex, "root0", None) or ""
+        return (str(mw._resolve(scope, root0)),
                 str(scope.get("method") or ""))
     except (AttributeError, KeyError, TypeError):  # not a request (yet), or not http
         return None
